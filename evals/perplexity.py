@@ -1,0 +1,160 @@
+"""Perplexity with its protocol recorded: the GPTQ/AWQ fixed-window one or a sliding window.
+
+``gptq``: the text is tokenized once with the tokenizer's defaults, cut into
+non-overlapping windows of ``seq_len`` from the start (the remainder is
+dropped), and perplexity is exp of the mean of the per-window mean token NLL,
+as in the GPTQ and AWQ reference code.
+
+``sliding``: windows of ``seq_len`` advance by ``stride`` and score only the
+tokens not scored before (the transformers perplexity guide); perplexity is
+exp of the token-weighted mean NLL.
+
+Word-level perplexity and bits per byte are derived from the summed NLL over
+the scored span, so numbers can be set beside lm-eval's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+class PerplexityError(ValueError):
+    """The protocol cannot be applied (window too long, text too short)."""
+
+
+@dataclass(frozen=True)
+class PerplexityResult:
+    dataset: str
+    source: dict[str, Any]
+    protocol: str
+    seq_len: int
+    stride: int
+    n_windows: int
+    n_tokens: int
+    token_ids_sha256: str
+    ppl: float
+    word_ppl: float
+    bits_per_byte: float
+    nll_sum: float
+    n_words: int
+    n_bytes: int
+    dtype: str
+    device: str
+    window_nll: list[float] = field(default_factory=list)
+    window_tokens: list[int] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def windows_for(n_ids: int, protocol: str, seq_len: int, stride: int | None) -> list[tuple[int, int, int]]:
+    """Return (begin, end, first_scored) for each window; targets from first_scored+1 to end are scored."""
+    if protocol == "gptq":
+        return [(i * seq_len, (i + 1) * seq_len, i * seq_len) for i in range(n_ids // seq_len)]
+    stride = stride or seq_len // 2
+    if not 0 < stride <= seq_len:
+        raise PerplexityError(f"stride {stride} must be in (0, seq_len={seq_len}]")
+    spans, prev_end = [], 0
+    for begin in range(0, n_ids - 1, stride):
+        end = min(begin + seq_len, n_ids)
+        # Score targets in (prev_end, end): the first window scores all but its first token.
+        spans.append((begin, end, max(prev_end - 1, begin)))
+        prev_end = end
+        if end == n_ids:
+            break
+    return spans
+
+
+def compute_perplexity(
+    model,
+    tokenizer,
+    text: str,
+    *,
+    dataset: str,
+    source: dict[str, Any] | None = None,
+    protocol: str = "gptq",
+    seq_len: int = 2048,
+    stride: int | None = None,
+    max_windows: int | None = None,
+    max_context: int | None = None,
+    batch_size: int = 4,
+    show_progress: bool = True,
+) -> PerplexityResult:
+    """Score ``text`` with ``model`` under ``protocol``; batched, no gradient."""
+    import torch
+    from tqdm.auto import tqdm
+
+    if max_context is not None and seq_len > max_context:
+        raise PerplexityError(
+            f"seq_len {seq_len} is longer than the model's context ({max_context}). "
+            f"Set perplexity.seq_len <= {max_context}."
+        )
+    ids = tokenizer(text, return_tensors="pt").input_ids[0]
+    spans = windows_for(len(ids), protocol, seq_len, stride)
+    if not spans or (protocol == "gptq" and len(ids) < seq_len):
+        raise PerplexityError(
+            f"{dataset}: {len(ids)} tokens is too small for one window of {seq_len}. Lower perplexity.seq_len."
+        )
+    if max_windows:
+        spans = spans[:max_windows]
+    device = next(model.parameters()).device
+    window_nll: list[float] = []
+    window_tokens: list[int] = []
+    scored: list[torch.Tensor] = []
+    # Windows of equal length are batched; the last sliding window may be shorter.
+    batches: list[list[tuple[int, int, int]]] = []
+    for span in spans:
+        if batches and len(batches[-1]) < batch_size and (batches[-1][0][1] - batches[-1][0][0]) == (span[1] - span[0]):
+            batches[-1].append(span)
+        else:
+            batches.append([span])
+    bar = tqdm(total=len(spans), desc=f"perplexity {dataset}", unit="win", disable=not show_progress)
+    with torch.inference_mode():
+        for batch in batches:
+            inputs = torch.stack([ids[b:e] for b, e, _ in batch]).to(device)
+            logits = model(inputs).logits.float()
+            logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
+            targets = inputs[:, 1:]
+            nll = -logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+            for row, (b, _e, first) in enumerate(batch):
+                keep = nll[row, first - b :]
+                window_nll.append(keep.mean().item())
+                window_tokens.append(keep.numel())
+                scored.append(ids[first + 1 : _e])
+            bar.update(len(batch))
+    bar.close()
+    scored_ids = torch.cat(scored)
+    nll_sum = sum(m * n for m, n in zip(window_nll, window_tokens, strict=True))
+    n_scored = sum(window_tokens)
+    if protocol == "gptq":
+        ppl = math.exp(sum(window_nll) / len(window_nll))
+    else:
+        ppl = math.exp(nll_sum / n_scored)
+    scored_text = tokenizer.decode(scored_ids, skip_special_tokens=True)
+    n_words = max(len(scored_text.split()), 1)
+    n_bytes = max(len(scored_text.encode("utf-8")), 1)
+    digest = hashlib.sha256(scored_ids.to(torch.int64).numpy().tobytes()).hexdigest()
+    dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+    return PerplexityResult(
+        dataset=dataset,
+        source=source or {},
+        protocol=protocol,
+        seq_len=seq_len,
+        stride=seq_len if protocol == "gptq" else (stride or seq_len // 2),
+        n_windows=len(window_nll),
+        n_tokens=n_scored,
+        token_ids_sha256=digest,
+        ppl=ppl,
+        word_ppl=math.exp(nll_sum / n_words),
+        bits_per_byte=nll_sum / (n_bytes * math.log(2)),
+        nll_sum=nll_sum,
+        n_words=n_words,
+        n_bytes=n_bytes,
+        dtype=dtype,
+        device=str(device),
+        window_nll=window_nll,
+        window_tokens=window_tokens,
+    )

@@ -1,0 +1,249 @@
+"""The command line: parse arguments, call the pipeline, print. The only module that prints.
+
+Exit codes: 0 all pass, 1 a gate or stage failed, 2 bad input, 3 inconclusive.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+BAD_INPUT = 2
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() in ("1", "true", "yes")
+
+
+def _sweep_args(p: argparse.ArgumentParser, *, multi_scheme: bool = True) -> None:
+    p.add_argument("--model", default=os.environ.get("MODEL") or "smollm2-135m",
+                   help="recipe alias, Hub id or local checkpoint directory")
+    if multi_scheme:
+        p.add_argument("--schemes", type=_csv, help="comma-separated schemes, or 'all' (default: the suite's)")
+    else:
+        p.add_argument("--scheme", required=True)
+    p.add_argument("--suite", help="suite recipe (default: the model's default_suite)")
+    p.add_argument("--tasks", type=_csv, help="lm-eval tasks, comma-separated (overrides the suite)")
+    p.add_argument("--limit", type=int, help="examples per task (overrides the suite's per-task limits)")
+    p.add_argument("--tasks-dir", help="a directory of your own lm-eval task YAMLs")
+    p.add_argument("--data-dir", help="local data directory (default: QEVAL_DATA_DIR, else the Hub)")
+    p.add_argument("--prequantized", help="checkpoint (Hub id or path) for the prequantized scheme")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a suite field, e.g. --set perplexity.seq_len=512")
+    p.add_argument("--force", action="store_true", default=_env_flag("FORCE"), help="rerun finished stages")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--profile", action="store_true", help="record a torch.profiler trace per scheme")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qeval", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="quantize, evaluate, benchmark, sign off and track a sweep")
+    _sweep_args(run)
+    run.add_argument("--executor", choices=["local", "ray"], default=os.environ.get("EXECUTOR") or "local")
+    run.add_argument("--experiment", help="MLflow experiment (default: qeval/<model>)")
+    run.add_argument("--log-checkpoint", action="store_true", default=_env_flag("LOG_CHECKPOINT"),
+                     help="also upload quantized checkpoints to MLflow (can be many GB)")
+    run.add_argument("--no-track", action="store_true", help="skip MLflow logging")
+
+    for stage in ("quantize", "evaluate", "benchmark"):
+        sp = sub.add_parser(stage, help=f"run the {stage} stage of one scheme")
+        _sweep_args(sp, multi_scheme=False)
+
+    so = sub.add_parser("signoff", help="rerun only the sign-off from existing results")
+    so.add_argument("--model", default=os.environ.get("MODEL") or "smollm2-135m")
+    so.add_argument("--scheme", type=_csv, help="judge only these schemes")
+
+    tr = sub.add_parser("track", help="log a model's finished sweep to MLflow")
+    tr.add_argument("--model", default=os.environ.get("MODEL") or "smollm2-135m")
+    tr.add_argument("--experiment")
+    tr.add_argument("--log-checkpoint", action="store_true", default=_env_flag("LOG_CHECKPOINT"))
+
+    cmp_ = sub.add_parser("compare", help="scheme x metric table read back from MLflow")
+    cmp_.add_argument("--model", default=os.environ.get("MODEL") or "smollm2-135m")
+    cmp_.add_argument("--sweep", help="sweep id (default: the latest)")
+    cmp_.add_argument("--experiment")
+    cmp_.add_argument("--format", choices=["markdown", "csv", "json"], default="markdown")
+
+    sy = sub.add_parser("sync", help="upload results that could not reach the MLflow server")
+    sy.add_argument("--model", help="one model (default: all under the runs root)")
+
+    sub.add_parser("prepare", help="convert the embedded default model (done by make setup)")
+
+    be = sub.add_parser("bench-eval", help="perplexity stage vs a bare batched forward pass")
+    be.add_argument("--model", default=os.environ.get("MODEL") or "smollm2-135m")
+    be.add_argument("--seq-len", type=int, default=512)
+    be.add_argument("--windows", type=int, default=16)
+    be.add_argument("--batch-size", type=int, default=4)
+
+    wk = sub.add_parser("worker", help=argparse.SUPPRESS)
+    wk.add_argument("--model", required=True)
+    wk.add_argument("--scheme", required=True)
+    wk.add_argument("--stages", type=_csv, required=True)
+    wk.add_argument("--force", action="store_true")
+    wk.add_argument("--quiet", action="store_true")
+    wk.add_argument("--profile", action="store_true")
+    return parser
+
+
+def _options(args: argparse.Namespace, schemes: list[str] | None):
+    from pipelines.config import parse_set_overrides
+    from pipelines.sweep import SweepOptions
+
+    return SweepOptions(
+        model=args.model, schemes=schemes, suite=args.suite, tasks=args.tasks, limit=args.limit,
+        tasks_dir=args.tasks_dir, data_dir=args.data_dir, prequantized=args.prequantized,
+        overrides=parse_set_overrides(args.set), force=args.force, quiet=args.quiet, profile=args.profile,
+        executor=getattr(args, "executor", "local"), experiment=getattr(args, "experiment", None),
+        log_checkpoint=getattr(args, "log_checkpoint", False), track=not getattr(args, "no_track", False),
+    )
+
+
+def cmd_run(args) -> int:
+    from pipelines.runner import run_sweep
+
+    result = run_sweep(_options(args, args.schemes))
+    print(result.summary())
+    return result.exit_code
+
+
+def cmd_stage(args) -> int:
+    from pipelines.executors import run_stages_in_process
+    from pipelines.sweep import plan, write_plan
+
+    opts = _options(args, [args.scheme])
+    p = plan(opts)
+    write_plan(p, opts)
+    return run_stages_in_process(p.model, args.scheme, (args.command,), force=args.force, quiet=args.quiet,
+                                 profile=args.profile)
+
+
+def cmd_signoff(args) -> int:
+    from pipelines.models import resolve_model
+    from pipelines.rundir import model_dir, read_json
+    from pipelines.runner import signoff_table
+    from pipelines.stages import signoff
+
+    model = resolve_model(args.model).name
+    sweep = model_dir(model) / "sweep.json"
+    if not sweep.is_file():
+        from pipelines.errors import QevalError
+
+        raise QevalError(f"no sweep for {model} under {model_dir(model)}: run `make quantize MODEL={args.model}` first")
+    schemes = read_json(sweep)["schemes"]
+    if args.scheme:
+        unknown = sorted(set(args.scheme) - set(schemes))
+        if unknown:
+            from pipelines.errors import QevalError
+
+            raise QevalError(f"scheme(s) {', '.join(unknown)} not in the sweep of {model}: {', '.join(schemes)}")
+    result = signoff.run(model, schemes, only=args.scheme)
+    print(signoff_table(result))
+    print(f"report: {model_dir(model) / 'signoff.html'}")
+    try:
+        from pipelines import tracking
+
+        tracking.log_signoff(model)
+    except Exception as exc:  # the report on disk is what counts; tracking catches up with `qeval sync`
+        logging.getLogger(__name__).warning("could not log the sign-off to MLflow: %s", exc)
+    return result["exit_code"]
+
+
+def cmd_track(args) -> int:
+    from pipelines import tracking
+    from pipelines.models import resolve_model
+    from pipelines.rundir import model_dir, read_json
+
+    model = resolve_model(args.model).name
+    schemes = read_json(model_dir(model) / "sweep.json")["schemes"]
+    out = tracking.track_sweep(model, schemes, experiment=args.experiment, log_checkpoint=args.log_checkpoint)
+    print(f"parent run {out['parent_run_id']} ({'synced' if out['synced'] else 'NOT synced: run qeval sync'})")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from pipelines import tracking
+    from pipelines.models import resolve_model
+
+    model = resolve_model(args.model).name
+    rows = tracking.compare(model, sweep_id=args.sweep, experiment=args.experiment)
+    print(tracking.format_table(rows, args.format))
+    return 0
+
+
+def cmd_sync(args) -> int:
+    from pipelines import tracking
+
+    out = tracking.sync(args.model)
+    print(out)
+    return 0
+
+
+def cmd_prepare(_args) -> int:
+    from pipelines import default_model
+
+    print(default_model.prepare())
+    return 0
+
+
+def cmd_bench_eval(args) -> int:
+    from pipelines.bench_eval import bench_eval
+
+    print(bench_eval(args.model, seq_len=args.seq_len, n_windows=args.windows, batch_size=args.batch_size))
+    return 0
+
+
+def cmd_worker(args) -> int:
+    from pipelines.executors import run_stages_in_process
+
+    return run_stages_in_process(args.model, args.scheme, tuple(args.stages), force=args.force,
+                                 quiet=args.quiet, profile=args.profile)
+
+
+COMMANDS = {
+    "run": cmd_run, "quantize": cmd_stage, "evaluate": cmd_stage, "benchmark": cmd_stage,
+    "signoff": cmd_signoff, "track": cmd_track, "compare": cmd_compare, "sync": cmd_sync,
+    "prepare": cmd_prepare, "bench-eval": cmd_bench_eval, "worker": cmd_worker,
+}
+
+
+def configure_logging(quiet: bool) -> None:
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    # Libraries are chatty at INFO; keep their warnings only.
+    for noisy in ("httpx", "urllib3", "gptqmodel", "llmcompressor", "transformers", "datasets", "lm_eval",
+                  "torchao", "alembic", "mlflow"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from evals.data import DataError
+    from pipelines.errors import QevalError
+
+    args = build_parser().parse_args(argv)
+    configure_logging(getattr(args, "quiet", False))
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(os.cpu_count() or 1))
+    try:
+        return COMMANDS[args.command](args)
+    except (QevalError, DataError) as exc:
+        print(f"qeval: error: {exc}", file=sys.stderr)
+        return BAD_INPUT
+    except ValueError as exc:
+        # evals raise ValueError subclasses for bad input (unknown task, seq_len too long, ...)
+        if type(exc).__module__.startswith("evals."):
+            print(f"qeval: error: {exc}", file=sys.stderr)
+            return BAD_INPUT
+        raise
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,78 @@
+"""Executors run the per-scheme stages of a sweep; the stage functions are the same in all.
+
+``local`` runs each scheme's quantize+evaluate in one fresh worker process and
+its benchmark in another, one scheme after the other. A fresh process gives
+each scheme clean memory and caches, an honest peak RSS, and isolation from a
+native crash in one library.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+
+log = logging.getLogger(__name__)
+
+# Worker exit codes.
+WORKER_OK, WORKER_FAILED, WORKER_BAD_INPUT = 0, 1, 2
+
+STAGE_GROUPS = (("quantize", "evaluate"), ("benchmark",))
+
+
+def worker_command(model: str, scheme: str, stages: tuple[str, ...], *, force: bool, quiet: bool,
+                   profile: bool) -> list[str]:
+    cmd = [sys.executable, "-m", "pipelines", "worker", "--model", model, "--scheme", scheme,
+           "--stages", ",".join(stages)]
+    cmd += ["--force"] * force + ["--quiet"] * quiet + ["--profile"] * profile
+    return cmd
+
+
+def run_worker(model: str, scheme: str, stages: tuple[str, ...], **flags) -> int:
+    """Run stages of one scheme in a fresh Python process; return its exit code."""
+    cmd = worker_command(model, scheme, stages, **flags)
+    log.info("%s/%s: %s", model, scheme, " -> ".join(stages))
+    return subprocess.run(cmd, env=os.environ.copy(), check=False).returncode
+
+
+def run_local(model: str, schemes: list[str], *, on_done: Callable[[str, int], None] | None = None,
+              **flags) -> dict[str, int]:
+    """Run every scheme's stage groups in sequence; a failed group stops only its scheme."""
+    codes: dict[str, int] = {}
+    for scheme in schemes:
+        code = WORKER_OK
+        for group in STAGE_GROUPS:
+            code = run_worker(model, scheme, group, **flags)
+            if code != WORKER_OK:
+                break
+        codes[scheme] = code
+        if on_done:
+            on_done(scheme, code)
+    return codes
+
+
+def run_stages_in_process(model: str, scheme: str, stages: tuple[str, ...], *, force: bool = False,
+                          quiet: bool = False, profile: bool = False) -> int:
+    """The worker body: run ``stages`` of one scheme here; return a worker exit code."""
+    from pipelines.rundir import Manifest, scheme_dir
+    from pipelines.stages import benchmark, evaluate, quantize
+    from pipelines.stages.common import StageContext
+
+    functions = {"quantize": quantize.run, "evaluate": evaluate.run, "benchmark": benchmark.run}
+    ctx = StageContext.from_run_dir(model, scheme, force=force, show_progress=not quiet, profile=profile)
+    for stage in stages:
+        if stage != "quantize":
+            quantized = Manifest(ctx.sdir).stage("quantize").get("status")
+            if quantized == "skipped":
+                return WORKER_OK  # recorded as skipped by the plan or the quantize stage
+            if quantized != "done":
+                log.error("%s/%s: %s needs a finished quantize stage (it is %s)", model, scheme, stage, quantized)
+                return WORKER_FAILED
+        status = functions[stage](ctx)
+        if status == "failed":
+            return WORKER_FAILED
+        if status == "skipped":
+            return WORKER_OK
+    return WORKER_OK

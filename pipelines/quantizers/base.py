@@ -1,0 +1,143 @@
+"""The quantizer contract: one class per scheme, registered under one key.
+
+A quantizer validates its parameters (pydantic, unknown keys rejected),
+checks that its library can run here, writes a checkpoint into a directory,
+and knows how to load that checkpoint back. Everything else (calibration
+data, layer errors, timing, manifests) is done once for all schemes by the
+quantize stage.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from pipelines.errors import QevalError, UnsupportedHere
+
+
+class Params(BaseModel):
+    """Base for scheme parameters; a typo is an error that names the field."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class QuantizeRequest:
+    """What a quantizer gets: the base model, its settings and where to save."""
+
+    source: str  # local directory or Hub id of the base model
+    revision: str | None
+    dtype: str  # recipe dtype of the base model
+    device: str  # "cpu" or "cuda"
+    params: Any  # the quantizer's validated Params
+    ignore: list[str]  # exact module names to keep in high precision
+    calibration: Any | None  # evals.calibration.CalibrationSet for calibrating schemes
+    out_dir: Path  # save the checkpoint (and tokenizer) here
+    n_gpus: int = 1
+
+
+@dataclass
+class QuantizeOutcome:
+    """What a quantizer reports back for quantize.json."""
+
+    backend: str  # kernel or format that will run the checkpoint
+    format: str  # checkpoint format (gptq, awq-gemm, bitsandbytes, torchao, compressed-tensors, dense)
+    emulated: bool = False  # True where this device runs a dequantized stand-in of the real kernel
+    backend_losses: dict[str, float] = field(default_factory=dict)  # per-layer loss the library reports
+    notes: list[str] = field(default_factory=list)
+
+
+class Quantizer:
+    """Base class. Subclasses set the class attributes and implement ``quantize``."""
+
+    key: ClassVar[str]
+    library: ClassVar[str]  # distribution name, for its version
+    ParamsModel: ClassVar[type[Params]] = Params
+    needs_calibration: ClassVar[bool] = False
+    stores_compressed: ClassVar[bool] = True
+    install_hint: ClassVar[str] = "pip install -e ."
+
+    def library_version(self) -> str:
+        try:
+            return metadata.version(self.library)
+        except metadata.PackageNotFoundError as exc:
+            raise UnsupportedHere(
+                f"scheme {self.key!r} needs {self.library}, which is not installed: {self.install_hint}"
+            ) from exc
+
+    def parse_params(self, raw: dict[str, Any], where: str) -> Params:
+        from pipelines.config import validate
+
+        return validate(self.ParamsModel, raw, where)
+
+    def check_environment(self, device: str, params: Params) -> None:
+        """Raise UnsupportedHere when the library or the hardware cannot run this scheme."""
+        self.library_version()
+
+    def check_model(self, params: Params, layer_shapes: dict[str, tuple[int, int]]) -> None:
+        """Raise QevalError when the parameters cannot apply to this model's layers."""
+
+    def quantize(self, request: QuantizeRequest) -> QuantizeOutcome:
+        raise NotImplementedError
+
+    def load(self, checkpoint: str, device: str, dtype: str, n_gpus: int = 1):
+        """Load a checkpoint this quantizer wrote; default: plain transformers."""
+        from transformers import AutoModelForCausalLM
+
+        from pipelines.models import device_map_for, torch_dtype
+
+        model = AutoModelForCausalLM.from_pretrained(
+            checkpoint, dtype=torch_dtype(dtype), device_map=device_map_for(device, n_gpus)
+        )
+        return model.eval()
+
+
+def check_group_size(group_size: int, layer_shapes: dict[str, tuple[int, int]], scheme: str) -> None:
+    """Every quantized layer's input width must be a multiple of the group size."""
+    if group_size in (-1, 0):
+        return
+    bad = {name: shape[1] for name, shape in layer_shapes.items() if shape[1] % group_size}
+    if bad:
+        widths = sorted(set(bad.values()))
+        divisors = [g for g in (128, 64, 32, 16) if all(w % g == 0 for w in widths)]
+        fix = f"use group_size {divisors[0]}" if divisors else "use group_size -1 (per channel)"
+        example = next(iter(bad))
+        raise QevalError(
+            f"{scheme}: group_size {group_size} does not divide the input width of {len(bad)} layers "
+            f"(e.g. {example}: {bad[example]}). {fix}, e.g. in the model recipe's scheme_overrides."
+        )
+
+
+def match_ignore(patterns: list[str], names: list[str], *, allow_unmatched: tuple[str, ...] = ("lm_head",)) -> list[str]:
+    """Expand ignore patterns (exact names, globs, or ``re:`` regexes) to module names.
+
+    A pattern that matches nothing is an error (it is almost always a typo),
+    except ``lm_head``, which is ignored by default and absent from some models.
+    """
+    matched: list[str] = []
+    for pattern in patterns:
+        if pattern.startswith("re:"):
+            rx = re.compile(pattern[3:])
+            hits = [n for n in names if rx.search(n)]
+        else:
+            hits = [n for n in names if n == pattern or fnmatch.fnmatchcase(n, pattern)]
+        if not hits and pattern not in allow_unmatched:
+            sample = ", ".join(names[:4])
+            raise QevalError(
+                f"ignore pattern {pattern!r} matches no linear layer. Layer names look like: {sample}, ... "
+                "Use an exact name, a glob (model.layers.*.mlp.down_proj) or 're:<regex>'."
+            )
+        matched.extend(h for h in hits if h not in matched)
+    return matched
+
+
+def save_tokenizer(source: str, out_dir: Path, revision: str | None = None) -> None:
+    from pipelines.models import load_tokenizer
+
+    load_tokenizer(source, revision).save_pretrained(out_dir)

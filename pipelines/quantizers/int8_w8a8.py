@@ -1,0 +1,37 @@
+"""INT8 weights and activations (W8A8) through llm-compressor: SmoothQuant, then GPTQ.
+
+The compressed-tensors checkpoint is the one vLLM serves with int8 kernels.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from pipelines.quantizers import _llmcompressor
+from pipelines.quantizers.base import Params, QuantizeOutcome, QuantizeRequest, Quantizer
+
+
+class W8A8Params(Params):
+    smoothing_strength: float = Field(0.8, gt=0, lt=1, description="SmoothQuant alpha")
+    damp: float = Field(0.01, gt=0, lt=1)
+
+
+class Int8W8A8Quantizer(Quantizer):
+    key = "int8-w8a8"
+    library = "llmcompressor"
+    ParamsModel = W8A8Params
+    needs_calibration = True
+    install_hint = "pip install llmcompressor==0.14.0.1"
+
+    def quantize(self, request: QuantizeRequest) -> QuantizeOutcome:
+        from llmcompressor.modifiers.gptq import GPTQModifier
+        from llmcompressor.modifiers.transform.smoothquant import SmoothQuantModifier
+
+        p: W8A8Params = request.params
+        ignore = sorted(set(request.ignore) | {"lm_head"})
+        recipe = [
+            SmoothQuantModifier(smoothing_strength=p.smoothing_strength),
+            GPTQModifier(targets="Linear", scheme="W8A8", ignore=ignore, dampening_frac=p.damp),
+        ]
+        # vLLM runs W8A8 with int8 GEMMs on CUDA; elsewhere the checkpoint is decompressed.
+        return _llmcompressor.run(request, recipe, scheme_label="W8A8", emulated=request.device != "cuda")

@@ -1,0 +1,98 @@
+"""What every per-scheme stage shares: its context, its key, and the skip/record wrapper."""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipelines import models
+from pipelines.config import ResolvedRecipe
+from pipelines.environment import library_versions
+from pipelines.errors import QevalError, UnsupportedHere
+from pipelines.rundir import Manifest, SchemeDir, read_json, scheme_dir, stable_hash
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StageContext:
+    """One scheme of one model, with its resolved recipe and run directory."""
+
+    model: str
+    scheme: str
+    recipe: ResolvedRecipe
+    sdir: SchemeDir
+    force: bool = False
+    show_progress: bool = True
+    profile: bool = False
+
+    @classmethod
+    def from_run_dir(cls, model: str, scheme: str, **kwargs: Any) -> StageContext:
+        """Rebuild the context from the recipe a sweep wrote into the run directory."""
+        sdir = scheme_dir(model, scheme)
+        if not sdir.recipe_path.is_file():
+            raise QevalError(
+                f"no resolved recipe at {sdir.recipe_path}. Run `qeval run --model {model} --schemes {scheme}` "
+                "first, or check QEVAL_RUNS_DIR."
+            )
+        return cls(model, scheme, ResolvedRecipe.from_yaml(sdir.recipe_path), sdir, **kwargs)
+
+    @property
+    def device(self) -> str:
+        return models.resolve_device(self.recipe.device)
+
+    @property
+    def base_source(self) -> str:
+        return models.source_path(self.recipe.model)
+
+    def checkpoint(self) -> str:
+        """The checkpoint later stages load: the saved one, or a prequantized source."""
+        info = read_json(self.sdir.quantize_json)
+        return info.get("checkpoint") or str(self.sdir.checkpoint_dir)
+
+
+def quantize_key(recipe: ResolvedRecipe, needs_calibration: bool) -> str:
+    m, s = recipe.model, recipe.scheme
+    return stable_hash({
+        "model": {"source": m.source, "revision": m.revision, "dtype": m.dtype},
+        "scheme": {"quantizer": s.quantizer, "params": s.params, "ignore": s.ignore, "source": s.source},
+        "calibration": recipe.calibration.model_dump() if needs_calibration else None,
+        "data_dir": recipe.data_dir,
+        "versions": library_versions(),
+    })
+
+
+def run_stage(ctx: StageContext, name: str, key: str, body: Callable[[], tuple[list[Path], dict]]) -> str:
+    """Run ``body`` unless a finished entry has the same key; record status, timing, outputs.
+
+    Returns "done", "cached", "skipped" or "failed". QevalError (bad input)
+    propagates after being recorded; UnsupportedHere is recorded as skipped.
+    """
+    manifest = Manifest(ctx.sdir)
+    if not ctx.force and manifest.is_done(name, key):
+        log.info("%s/%s: %s is up to date (key %s), skipping", ctx.model, ctx.scheme, name, key)
+        return "cached"
+    manifest.start(name, key)
+    loads_before = dict(models.LOAD_COUNTS)
+    start = time.perf_counter()
+    try:
+        outputs, extra = body()
+    except UnsupportedHere as exc:
+        log.warning("%s/%s: %s skipped: %s", ctx.model, ctx.scheme, name, exc)
+        manifest.fail(name, str(exc), status="skipped")
+        return "skipped"
+    except QevalError as exc:
+        manifest.fail(name, str(exc))
+        raise
+    except Exception as exc:  # a library failure fails this scheme's stage, not the sweep
+        log.error("%s/%s: %s failed: %s", ctx.model, ctx.scheme, name, exc)
+        manifest.fail(name, f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}")
+        return "failed"
+    loads = {k: v - loads_before.get(k, 0) for k, v in models.LOAD_COUNTS.items() if v != loads_before.get(k, 0)}
+    manifest.finish(name, outputs, time.perf_counter() - start, model_loads=loads, **extra)
+    return "done"
