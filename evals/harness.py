@@ -281,42 +281,49 @@ def materialise_dataset(name: str, data_dir: Path | None) -> tuple[Path, dict[st
     }
 
 
-def _dataset_closure(names: list[str], defs: dict[str, TaskDefinition]) -> set[str]:
-    """Datasets the named tasks (and the members of named groups) read."""
+def _closure(names: list[str], defs: dict[str, TaskDefinition]) -> set[str]:
+    """The named local tasks plus, recursively, the members of named groups."""
     out: set[str] = set()
-    todo, seen = list(names), set()
+    todo = list(names)
     while todo:
         name = todo.pop()
-        if name in seen or name not in defs:
+        if name in out or name not in defs:
             continue
-        seen.add(name)
-        out |= set(defs[name].datasets)
+        out.add(name)
         todo.extend(defs[name].members)
     return out
 
 
-def render_tasks(defs: dict[str, TaskDefinition], data_paths: dict[str, Path], dest: Path) -> Path:
-    """Copy the task folders into dest with placeholders replaced; return dest.
+def render_tasks(
+    defs: dict[str, TaskDefinition], selected: list[str], data_paths: dict[str, Path], dest: Path
+) -> Path:
+    """Copy the selected task YAMLs into dest with placeholders replaced; return dest.
 
-    qeval's own tasks go to ``dest/qeval``, a user's to ``dest/user``. Files copied: every
-    ``*.yaml``, ``*.py`` and included file. A placeholder whose dataset was not materialised
-    (a task not selected in this run) is replaced by the path the dataset would have.
+    qeval's own tasks go to ``dest/qeval``, a user's to ``dest/user``, beside every ``*.py``
+    and every file a YAML includes, so ``lm_eval --include_path dest`` runs exactly the tasks
+    this run ran. ``data_paths`` maps each dataset the selected tasks name to its JSONL.
     """
+    wanted = _closure(selected, defs)
     roots = sorted({d.root for d in defs.values()}, key=lambda r: r != BUILTIN_TASKS_DIR)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
         for root in roots:
             sub = "qeval" if root == BUILTIN_TASKS_DIR else "user"
-            # Skip qeval's own YAML for a task the user redefines, so lm-eval sees one definition.
             root_defs, included = _scan_dir(root)
-            shadowed = {d.path for d in root_defs.values() if defs[d.name].root != root}
+            # Leave out tasks not run, and qeval's own YAML for a task the user redefines
+            # (lm-eval must see one definition per name).
+            skipped = {
+                d.path
+                for d in root_defs.values()
+                if d.name not in wanted or defs[d.name].root != root
+            }
             files = [
                 p
                 for p in root.rglob("*")
                 if p.is_file() and (p.suffix in (".yaml", ".py") or p.resolve() in included)
             ]
             for src in files:
-                if "__pycache__" in src.parts or src.resolve() in shadowed:
+                if "__pycache__" in src.parts or src.resolve() in skipped:
                     continue
                 target = tmp / sub / src.relative_to(root)
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -324,10 +331,7 @@ def render_tasks(defs: dict[str, TaskDefinition], data_paths: dict[str, Path], d
                     shutil.copyfile(src, target)
                     continue
                 text = _PLACEHOLDER_RE.sub(
-                    lambda m: str(
-                        data_paths.get(m.group(1), task_data_dir() / f"{m.group(1)}.jsonl")
-                    ),
-                    src.read_text(encoding="utf-8"),
+                    lambda m: _data_path(m.group(1), data_paths), src.read_text(encoding="utf-8")
                 )
                 target.write_text(text, encoding="utf-8")
                 if src.suffix == ".yaml":
@@ -339,6 +343,11 @@ def render_tasks(defs: dict[str, TaskDefinition], data_paths: dict[str, Path], d
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dest
+
+
+def _data_path(dataset: str, data_paths: dict[str, Path]) -> str:
+    # A template no selected task includes may name data this run did not materialise.
+    return str(data_paths.get(dataset, task_data_dir() / f"{dataset}-not-materialised.jsonl"))
 
 
 def _check_rendered(src: Path, cfg: Any) -> None:
@@ -577,10 +586,11 @@ def run_tasks(
 
     # Materialise only what the selected tasks read: with the Hub as source, others may be far.
     data_paths, prov_by_dataset = {}, {}
-    for dataset in sorted(_dataset_closure(sel.local, defs)):
+    needed = {ds for name in _closure(sel.local, defs) for ds in defs[name].datasets}
+    for dataset in sorted(needed):
         data_paths[dataset], prov_by_dataset[dataset] = materialise_dataset(dataset, data_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rendered = render_tasks(defs, data_paths, out_dir / RENDERED_DIR_NAME)
+    rendered = render_tasks(defs, sel.local, data_paths, out_dir / RENDERED_DIR_NAME)
 
     # lm-eval's own index takes seconds to build: only when a name is not one of ours.
     with _quiet(show_progress):
@@ -589,7 +599,9 @@ def run_tasks(
     if unknown:
         raise _unknown_task_error([sel.requested_by_lm_name[n] for n in unknown], defs)
 
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
+    wrapped = HFLM(
+        pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length
+    )
     evaluated: dict[str, Any] = {"results": {}, "n-samples": {}, "samples": {}}
     task_objects: dict[str, Any] = {}
     leaf_limit: dict[str, int | None] = {}
@@ -605,7 +617,12 @@ def run_tasks(
                 groups = loaded.get("groups") or {}
                 specs.extend([groups[name]] if name in groups else loaded["tasks"].values())
             result = lm_eval.simple_evaluate(
-                model=lm, tasks=specs, task_manager=manager, limit=value, log_samples=True, **SEEDS
+                model=wrapped,
+                tasks=specs,
+                task_manager=manager,
+                limit=value,
+                log_samples=True,
+                **SEEDS,
             )
         for key in evaluated:
             evaluated[key].update(result.get(key) or {})
@@ -616,7 +633,7 @@ def run_tasks(
         evaluated[key] = dict(
             sorted(evaluated[key].items(), key=lambda kv: order.get(kv[0], len(order)))
         )
-    report = {lm: sel.requested_by_lm_name.get(lm, lm) for lm in evaluated["results"]}
+    report = {name: sel.requested_by_lm_name.get(name, name) for name in evaluated["results"]}
     samples_dir = out_dir / "samples"
     n_samples, sample_files = {}, {}
     for lm_name, samples in evaluated["samples"].items():
@@ -630,20 +647,22 @@ def run_tasks(
         )
 
     summary = {
-        "results": {report[lm]: _metric_results(raw) for lm, raw in evaluated["results"].items()},
+        "results": {
+            report[name]: _metric_results(raw) for name, raw in evaluated["results"].items()
+        },
         "n_samples": n_samples,
         "limit": {
-            report.get(lm, lm): leaf_limit.get(lm, limits.get(lm)) for lm in evaluated["results"]
+            report[name]: leaf_limit.get(name, limits.get(name)) for name in evaluated["results"]
         },
         "lm_eval_version": lm_eval.__version__,
         "tasks_dir": str(rendered),
-        "lm_eval_tasks": {report[lm]: lm for lm in evaluated["results"]},
+        "lm_eval_tasks": {report[name]: name for name in evaluated["results"]},
         "provenance": {
-            report.get(lm, lm): _task_provenance(task_objects.get(lm), defs, lm, prov_by_dataset)
-            for lm in task_objects
+            report.get(name, name): _task_provenance(task, defs, name, prov_by_dataset)
+            for name, task in task_objects.items()
         },
         "samples": sample_files,
-        "settings": {"batch_size": batch_size, "max_length": lm.max_length, "seeds": SEEDS},
+        "settings": {"batch_size": batch_size, "max_length": wrapped.max_length, "seeds": SEEDS},
         "duration_s": round(time.perf_counter() - started, 3),
     }
     _write_json_atomic(out_dir / "tasks.json", summary)

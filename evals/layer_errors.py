@@ -82,6 +82,9 @@ def measure_layer_errors(
 
     results = []
     with torch.inference_mode():
+        # One whole-model forward first: compressed-tensors checkpoints stay
+        # compressed after loading and decompress on their first forward.
+        quant_model(torch.tensor([windows[0][:16]], device=_module_device(quant_model, device)))
         for name, base_lin in base_linears.items():
             qmod = quant_modules.get(name)
             if qmod is None or not captured[name]:

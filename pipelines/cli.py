@@ -13,6 +13,12 @@ from collections.abc import Sequence
 
 BAD_INPUT = 2
 
+# The summary columns of `qeval compare` (a name ending in "." selects every metric with that prefix).
+COMPARE_COLUMNS = [
+    "scheme", "ppl.", "delta.ppl.", "acc.", "recovery.acc.", "mem.disk_gib", "mem.weights_gib",
+    "mem.peak_gib", "speed.decode_tok_s.bs1", "speed.ttft_ms.p50.bs1", "speed.roofline_frac.bs1", "signoff",
+]
+
 
 def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
@@ -72,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--sweep", help="sweep id (default: the latest)")
     cmp_.add_argument("--experiment")
     cmp_.add_argument("--format", choices=["markdown", "csv", "json"], default="markdown")
+    cmp_.add_argument("--all-columns", action="store_true", help="every logged metric, not the summary")
 
     sy = sub.add_parser("sync", help="upload results that could not reach the MLflow server")
     sy.add_argument("--model", help="one model (default: all under the runs root)")
@@ -108,11 +115,25 @@ def _options(args: argparse.Namespace, schemes: list[str] | None):
 
 
 def cmd_run(args) -> int:
-    from pipelines.runner import run_sweep
+    from pipelines.runner import run_sweeps
 
-    result = run_sweep(_options(args, args.schemes))
-    print(result.summary())
-    return result.exit_code
+    # MODEL=a,b runs one sweep per model; under Ray their schemes run in parallel.
+    options = []
+    for model in _csv(args.model):
+        args.model = model
+        options.append(_options(args, args.schemes))
+    results = run_sweeps(options)
+    for result in results:
+        print(result.summary())
+    return worst_exit_code([r.exit_code for r in results])
+
+
+def worst_exit_code(codes: list[int]) -> int:
+    """Bad input beats fail beats inconclusive beats pass."""
+    for code in (BAD_INPUT, 1, 3):
+        if code in codes:
+            return code
+    return max(codes, default=0)
 
 
 def cmd_stage(args) -> int:
@@ -148,12 +169,10 @@ def cmd_signoff(args) -> int:
     result = signoff.run(model, schemes, only=args.scheme)
     print(signoff_table(result))
     print(f"report: {model_dir(model) / 'signoff.html'}")
-    try:
-        from pipelines import tracking
+    from pipelines import tracking
 
-        tracking.log_signoff(model)
-    except Exception as exc:  # the report on disk is what counts; tracking catches up with `qeval sync`
-        logging.getLogger(__name__).warning("could not log the sign-off to MLflow: %s", exc)
+    # Re-logging the sweep uploads the new report and verdict tags to the same runs.
+    tracking.track_sweep(model, schemes)
     return result["exit_code"]
 
 
@@ -175,7 +194,7 @@ def cmd_compare(args) -> int:
 
     model = resolve_model(args.model).name
     rows = tracking.compare(model, sweep_id=args.sweep, experiment=args.experiment)
-    print(tracking.format_table(rows, args.format))
+    print(tracking.format_table(rows, args.format, columns=None if args.all_columns else COMPARE_COLUMNS))
     return 0
 
 
@@ -225,24 +244,17 @@ def configure_logging(quiet: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from evals.data import DataError
-    from pipelines.errors import QevalError
-
     args = build_parser().parse_args(argv)
     configure_logging(getattr(args, "quiet", False))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(os.cpu_count() or 1))
+    from pipelines.stages.common import BAD_INPUT_ERRORS
+
     try:
         return COMMANDS[args.command](args)
-    except (QevalError, DataError) as exc:
+    except BAD_INPUT_ERRORS as exc:
         print(f"qeval: error: {exc}", file=sys.stderr)
         return BAD_INPUT
-    except ValueError as exc:
-        # evals raise ValueError subclasses for bad input (unknown task, seq_len too long, ...)
-        if type(exc).__module__.startswith("evals."):
-            print(f"qeval: error: {exc}", file=sys.stderr)
-            return BAD_INPUT
-        raise
 
 
 if __name__ == "__main__":

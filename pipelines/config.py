@@ -35,6 +35,14 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=False)
 
 
+class Resources(Strict):
+    """What one stage task of this model asks a Ray cluster for (None: derived from the model's size)."""
+
+    cpus: float = Field(1, gt=0)
+    gpus: float | None = Field(None, ge=0, description="default: n_gpus on a GPU cluster, else 0")
+    memory_gib: float | None = Field(None, gt=0, description="default: estimated from the parameter count")
+
+
 class ModelRecipe(Strict):
     """Where a model comes from and how it is loaded."""
 
@@ -45,6 +53,7 @@ class ModelRecipe(Strict):
     max_context: int | None = Field(None, description="cap on sequence length; default from the config")
     default_suite: str = "standard"
     n_gpus: int = Field(1, ge=0, description="GPUs one stage needs (device_map='auto' across them)")
+    resources: Resources = Resources()
     trust_remote_code: bool = False
     already_quantized: bool = Field(False, description="the 'unquantized' weights came from a quantized file")
     target_device: Literal["cpu", "cuda"] = Field(
@@ -90,7 +99,7 @@ class SchemeRecipe(Strict):
 class PerplexityConfig(Strict):
     datasets: list[Literal["wikitext2", "c4"]] = ["wikitext2"]
     protocol: Literal["gptq", "sliding"] = "gptq"
-    seq_len: int = Field(2048, ge=8)
+    seq_len: int | None = Field(None, ge=8, description="default: 2048 capped at the model's context")
     stride: int | None = Field(None, ge=1, description="sliding protocol only; default seq_len // 2")
     max_windows: int | None = Field(None, ge=1, description="score only the first N windows (smoke runs)")
     batch_size: int = Field(4, ge=1)

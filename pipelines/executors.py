@@ -12,7 +12,6 @@ import logging
 import os
 import subprocess
 import sys
-from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
@@ -37,19 +36,19 @@ def run_worker(model: str, scheme: str, stages: tuple[str, ...], **flags) -> int
     return subprocess.run(cmd, env=os.environ.copy(), check=False).returncode
 
 
-def run_local(model: str, schemes: list[str], *, on_done: Callable[[str, int], None] | None = None,
-              **flags) -> dict[str, int]:
-    """Run every scheme's stage groups in sequence; a failed group stops only its scheme."""
-    codes: dict[str, int] = {}
-    for scheme in schemes:
+Job = tuple[str, str]  # (model, scheme)
+
+
+def run_local(jobs: list[Job], **flags) -> dict[Job, int]:
+    """Run every job's stage groups one after the other; a failed group stops only its scheme."""
+    codes: dict[Job, int] = {}
+    for model, scheme in jobs:
         code = WORKER_OK
         for group in STAGE_GROUPS:
             code = run_worker(model, scheme, group, **flags)
             if code != WORKER_OK:
                 break
-        codes[scheme] = code
-        if on_done:
-            on_done(scheme, code)
+        codes[(model, scheme)] = code
     return codes
 
 

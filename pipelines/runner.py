@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipelines.executors import WORKER_BAD_INPUT
+from pipelines.executors import WORKER_BAD_INPUT, run_local
 from pipelines.rundir import Manifest, model_dir, read_json, scheme_dir, write_json_atomic
 from pipelines.sweep import PER_SCHEME_STAGES, SweepOptions, plan, write_plan
 
@@ -64,30 +64,34 @@ def signoff_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run_sweep(opts: SweepOptions) -> SweepResult:
-    from pipelines.executors import run_local
-
+def run_sweeps(options: list[SweepOptions]) -> list[SweepResult]:
+    """Run one sweep per model: plan all first (bad input fails before any work), execute, then
+    sign off and track each model."""
     start = time.perf_counter()
-    p = plan(opts)  # all validation; raises QevalError before anything is written
-    sweep = write_plan(p, opts)
-    schemes = list(p.recipes)
-    runnable = [s for s in schemes if s not in p.skipped]
-    flags = dict(force=opts.force, quiet=opts.quiet, profile=opts.profile)
-    if opts.executor == "ray":
+    plans = [plan(opts) for opts in options]
+    for p, opts in zip(plans, options, strict=True):
+        write_plan(p, opts)
+    opts0 = options[0]
+    jobs = [(p.model, s) for p in plans for s in p.recipes if s not in p.skipped]
+    flags = dict(force=opts0.force, quiet=opts0.quiet, profile=opts0.profile)
+    if opts0.executor == "ray":
         from pipelines.ray_executor import run_ray
 
-        codes = run_ray(p.model, runnable, **flags)
+        codes = run_ray(jobs, **flags)
     else:
-        codes = run_local(p.model, runnable, **flags)
-    if any(c == WORKER_BAD_INPUT for c in codes.values()):
-        log.error("a worker rejected its input; see the messages above")
-    notes = [f"skipped {s}: {why}" for s, why in p.skipped.items()]
-    notes += [f"FAILED {s}: see {scheme_dir(p.model, s).manifest_path}" for s, c in codes.items() if c]
+        codes = run_local(jobs, **flags)
+    return [finish_sweep(p, opts, codes, time.perf_counter() - start) for p, opts in zip(plans, options, strict=True)]
 
+
+def finish_sweep(p, opts: SweepOptions, codes: dict, wall_s: float) -> SweepResult:
+    """Sign off and track one model's sweep once its schemes have run."""
     from pipelines.stages import signoff
 
-    result = None
-    exit_code = 1
+    schemes = list(p.recipes)
+    model_codes = {s: codes.get((p.model, s), 0) for s in schemes if s not in p.skipped}
+    notes = [f"skipped {s}: {why}" for s, why in p.skipped.items()]
+    notes += [f"FAILED {s}: see {scheme_dir(p.model, s).manifest_path}" for s, c in model_codes.items() if c]
+    result, exit_code = None, 1
     try:
         result = signoff.run(p.model, schemes)
         exit_code = result["exit_code"]
@@ -96,7 +100,6 @@ def run_sweep(opts: SweepOptions) -> SweepResult:
     sweep = read_json(model_dir(p.model) / "sweep.json")
     sweep["finished_at"] = time.time()
     write_json_atomic(model_dir(p.model) / "sweep.json", sweep)
-
     tracking = None
     if opts.track:
         from pipelines import tracking as tracking_mod
@@ -106,4 +109,12 @@ def run_sweep(opts: SweepOptions) -> SweepResult:
         if not tracking.get("synced", False):
             notes.append("MLflow was not reachable: results are kept in the run directories; run `qeval sync` later")
     notes.append(f"results: {model_dir(p.model)}  report: {model_dir(p.model) / 'signoff.html'}")
-    return SweepResult(p.model, schemes, codes, result, tracking, time.perf_counter() - start, exit_code, notes)
+    # A scheme that could not run here, or a worker that rejected its input, is
+    # bad input for this request: exit 2, after every other scheme has finished.
+    if p.skipped or WORKER_BAD_INPUT in model_codes.values():
+        exit_code = WORKER_BAD_INPUT
+    return SweepResult(p.model, schemes, model_codes, result, tracking, wall_s, exit_code, notes)
+
+
+def run_sweep(opts: SweepOptions) -> SweepResult:
+    return run_sweeps([opts])[0]

@@ -102,6 +102,7 @@ def plan(opts: SweepOptions) -> Plan:
         schemes = ["baseline", *schemes]  # every verdict is relative to it
     schemes = ["baseline", *[s for s in schemes if s != "baseline"]]
     gates.merge_gates(suite.gates, model.gates)
+    check_context(model, suite)
     check_data(suite, schemes)
     recipes, skipped = {}, {}
     for scheme in schemes:
@@ -120,6 +121,23 @@ def plan(opts: SweepOptions) -> Plan:
     if "baseline" in skipped:
         raise QevalError(f"the baseline cannot run here: {skipped['baseline']}")
     return Plan(model.name, suite.name, recipes, skipped)
+
+
+def check_context(model: cfg.ModelRecipe, suite: cfg.SuiteRecipe) -> None:
+    """An explicit perplexity window longer than the model's context is an error, not a silent cap."""
+    seq_len = suite.perplexity.seq_len
+    if seq_len is None:
+        return
+    from transformers import AutoConfig
+
+    from pipelines.models import max_context, source_path
+
+    context = max_context(AutoConfig.from_pretrained(source_path(model), revision=model.revision), model)
+    if seq_len > context:
+        raise QevalError(
+            f"perplexity.seq_len {seq_len} is longer than {model.name}'s context ({context} tokens). "
+            f"Set perplexity.seq_len <= {context} (or leave it unset for min(2048, context))."
+        )
 
 
 def check_data(suite: cfg.SuiteRecipe, schemes: list[str]) -> None:

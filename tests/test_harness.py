@@ -316,6 +316,8 @@ def test_user_tasks_dir_adds_custom_tasks(tiny_model, data_dir, tmp_path):
     assert [r["target"] for r in yes_no] == [1, 0, 1, 0, 1, 0]
     rendered = Path(summary["tasks_dir"])
     assert (rendered / "user" / "helpers.py").is_file()
+    # Only what ran is rendered, so `lm_eval --include_path` on it sees these tasks alone.
+    assert sorted(p.name for p in (rendered / "qeval").glob("*.yaml")) == ["qeval_piqa.yaml"]
     assert DATA_PLACEHOLDER not in (rendered / "user" / "arc_easy_qa.yaml").read_text()
 
 

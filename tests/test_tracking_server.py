@@ -3,83 +3,16 @@
 from __future__ import annotations
 
 import logging
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
-import requests
 from fixtures_rundirs import MODEL, SCHEMES, write_run_tree
+from helpers import MlflowServer
 
 from pipelines import tracking
 from pipelines.rundir import Manifest, model_dir, read_json, scheme_dir
 
 pytestmark = pytest.mark.slow
-
-MLFLOW_BIN = Path(sys.executable).parent / "mlflow"
-HEALTH_TIMEOUT_S = 120
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class MlflowServer:
-    """One `mlflow server` process on a fixed store and port, started in its own process group."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        cmd = [
-            str(MLFLOW_BIN), "server",
-            "--backend-store-uri", f"sqlite:///{self.root / 's.db'}",
-            "--serve-artifacts", "--artifacts-destination", str(self.root / "art"),
-            "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
-        ]
-        log_file = open(self.root / "server.log", "ab")
-        self.proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
-        log_file.close()
-        deadline = time.monotonic() + HEALTH_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited: {(self.root / 'server.log').read_text()[-3000:]}")
-            try:
-                if requests.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.5)
-        self.stop()
-        raise RuntimeError(f"mlflow server not healthy after {HEALTH_TIMEOUT_S} s")
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        pgid = os.getpgid(self.proc.pid)
-        os.killpg(pgid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(pgid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
-        # Workers of the group may outlive the leader briefly; the port must be free before a restart.
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) != 0:
-                    return
-            time.sleep(0.2)
-
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):

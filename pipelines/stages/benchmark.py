@@ -38,7 +38,7 @@ def run(ctx: StageContext) -> str:
 def _benchmark(ctx: StageContext) -> tuple[list[Path], dict]:
     import torch
 
-    from evals.memory import measure_memory, reset_peak_memory
+    from evals.memory import input_embedding_bytes_unread, measure_memory, reset_peak_memory
     from evals.roofline import cached_bandwidth, roofline
     from evals.speed import measure_speed
 
@@ -64,7 +64,7 @@ def _benchmark(ctx: StageContext) -> tuple[list[Path], dict]:
         context_len = r["prompt_len"] + r["gen_len"] / 2  # mean KV length during decode
         speed["roofline"] = roofline(
             r["decode_tok_s"]["median"], memory["weights_bytes"], memory["kv_bytes_per_token"], context_len,
-            bandwidth["bandwidth_gb_s"] * 1e9,
+            bandwidth["bandwidth_bytes_s"], unread_weight_bytes=input_embedding_bytes_unread(model),
         )
     # Emulated runs (a compressed checkpoint decompressed to dense on load) and
     # costs measured off the target device are kept but flagged.

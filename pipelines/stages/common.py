@@ -19,6 +19,24 @@ from pipelines.rundir import Manifest, SchemeDir, read_json, scheme_dir, stable_
 log = logging.getLogger(__name__)
 
 
+def _bad_input_errors() -> tuple[type[Exception], ...]:
+    """Errors that mean the input must change (exit code 2), not that a library broke."""
+    from evals.data import DataError
+    from evals.perplexity import PerplexityError
+
+    errors: list[type[Exception]] = [QevalError, DataError, PerplexityError]
+    try:
+        from evals.harness import TaskError
+
+        errors.append(TaskError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+BAD_INPUT_ERRORS = _bad_input_errors()
+
+
 @dataclass
 class StageContext:
     """One scheme of one model, with its resolved recipe and run directory."""
@@ -86,8 +104,8 @@ def run_stage(ctx: StageContext, name: str, key: str, body: Callable[[], tuple[l
         log.warning("%s/%s: %s skipped: %s", ctx.model, ctx.scheme, name, exc)
         manifest.fail(name, str(exc), status="skipped")
         return "skipped"
-    except QevalError as exc:
-        manifest.fail(name, str(exc))
+    except BAD_INPUT_ERRORS as exc:
+        manifest.fail(name, f"bad input: {exc}")
         raise
     except Exception as exc:  # a library failure fails this scheme's stage, not the sweep
         log.error("%s/%s: %s failed: %s", ctx.model, ctx.scheme, name, exc)

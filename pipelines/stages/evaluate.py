@@ -31,6 +31,14 @@ def evaluate_key(ctx: StageContext) -> str:
     })
 
 
+DEFAULT_PPL_SEQ_LEN = 2048
+
+
+def perplexity_seq_len(configured: int | None, context: int) -> int:
+    """The window length: as configured (checked against the context at planning), else 2048 capped."""
+    return configured if configured is not None else min(DEFAULT_PPL_SEQ_LEN, context)
+
+
 def run(ctx: StageContext) -> str:
     return run_stage(ctx, "evaluate", evaluate_key(ctx), lambda: _evaluate(ctx))
 
@@ -46,16 +54,14 @@ def _evaluate(ctx: StageContext) -> tuple[list[Path], dict]:
     outputs: list[Path] = []
 
     ppl_cfg = recipe.perplexity
-    seq_len = min(ppl_cfg.seq_len, context)
-    if seq_len < ppl_cfg.seq_len:
-        log.info("perplexity seq_len capped at the model's context: %d", seq_len)
+    seq_len = perplexity_seq_len(ppl_cfg.seq_len, context)
     results = {}
     for dataset in ppl_cfg.datasets:
         text, source = perplexity_text(dataset, data_dir)
         result = compute_perplexity(
             model, tokenizer, text, dataset=dataset, source=source, protocol=ppl_cfg.protocol,
             seq_len=seq_len, stride=ppl_cfg.stride, max_windows=ppl_cfg.max_windows,
-            batch_size=ppl_cfg.batch_size, show_progress=ctx.show_progress,
+            batch_size=ppl_cfg.batch_size, max_context=context, show_progress=ctx.show_progress,
         )
         results[dataset] = result.to_dict()
         log.info("%s/%s: ppl %s = %.3f over %d windows", ctx.model, ctx.scheme, dataset, result.ppl, result.n_windows)

@@ -160,11 +160,7 @@ def write_report(model: str, result: dict, recipe: ResolvedRecipe, schemes: list
 
 def _pareto_plot(model: str, schemes: list[str]) -> Path | None:
     """The perplexity-vs-weights Pareto plot, drawn from the run directories."""
-    try:
-        from pipelines.metrics import scheme_metrics
-        from pipelines.plots import write_sweep_plots
-    except ImportError:  # plots are optional for the report
-        return None
-    rows = [{"scheme": s, **scheme_metrics(scheme_dir(model, s))} for s in schemes]
-    plots = write_sweep_plots(model_dir(model), rows)
-    return plots.get("pareto_ppl_vs_weights")
+    from pipelines.metrics import sweep_rows
+    from pipelines.plots import write_sweep_plots
+
+    return write_sweep_plots(model_dir(model), sweep_rows(model, schemes)).get("ppl_vs_weights")

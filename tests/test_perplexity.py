@@ -1,0 +1,82 @@
+"""Perplexity protocols against plain reference computations on a tiny Llama."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from evals.data import perplexity_text
+from evals.perplexity import PerplexityError, compute_perplexity, windows_for
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_llama_dir):
+    return AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval(), AutoTokenizer.from_pretrained(tiny_llama_dir)
+
+
+@pytest.fixture(scope="module")
+def wikitext(data_dir):
+    return perplexity_text("wikitext2", data_dir)
+
+
+def test_windows_cover_every_target_once():
+    assert windows_for(10, "gptq", 4, None) == [(0, 4, 0), (4, 8, 4)]
+    for n, seq, stride in [(100, 16, 8), (101, 16, 5), (64, 16, 16)]:
+        scored = []
+        for b, e, first in windows_for(n, "sliding", seq, stride):
+            assert e - b <= seq
+            scored += list(range(first + 1, e))
+        assert scored == list(range(1, n))
+
+
+def test_gptq_protocol_matches_a_plain_loop(tiny, wikitext):
+    model, tok = tiny
+    text, source = wikitext
+    result = compute_perplexity(model, tok, text, dataset="wikitext2", source=source, seq_len=64, max_windows=5,
+                                batch_size=2, show_progress=False)
+    ids = tok(text, return_tensors="pt").input_ids[0]
+    losses = []
+    with torch.no_grad():
+        for i in range(5):
+            window = ids[i * 64 : (i + 1) * 64].unsqueeze(0)
+            losses.append(model(window, labels=window).loss.item())
+    assert result.n_windows == 5 and result.n_tokens == 5 * 63
+    assert result.ppl == pytest.approx(math.exp(sum(losses) / 5), rel=1e-4)
+    assert result.window_nll == pytest.approx(losses, rel=1e-4)
+    assert result.source["sha256"] and len(result.token_ids_sha256) == 64
+    assert result.bits_per_byte > 0 and result.word_ppl > result.ppl  # fewer words than tokens
+
+
+def test_prefix_tokenization_equals_full_tokenization(tiny, wikitext):
+    model, tok = tiny
+    text, _ = wikitext
+    capped = compute_perplexity(model, tok, text, dataset="w", seq_len=32, max_windows=3, show_progress=False)
+    # the same windows cut from the whole text's ids
+    full = compute_perplexity(model, tok, text[:200_000], dataset="w", seq_len=32, max_windows=3, show_progress=False)
+    assert capped.token_ids_sha256 == full.token_ids_sha256 and capped.ppl == pytest.approx(full.ppl)
+
+
+def test_sliding_with_full_stride_equals_gptq_and_smaller_stride_differs(tiny, wikitext):
+    model, tok = tiny
+    text = wikitext[0][:20_000]
+    gptq = compute_perplexity(model, tok, text, dataset="w", seq_len=32, show_progress=False)
+    sliding = compute_perplexity(model, tok, text, dataset="w", protocol="sliding", seq_len=32, stride=32,
+                                 show_progress=False)
+    overlap = compute_perplexity(model, tok, text, dataset="w", protocol="sliding", seq_len=32, stride=8,
+                                 show_progress=False)
+    # identical windows, plus a shorter last window over the remainder
+    assert sliding.window_nll[: gptq.n_windows] == pytest.approx(gptq.window_nll, rel=1e-5)
+    assert sliding.n_windows == gptq.n_windows + 1
+    assert overlap.n_tokens > gptq.n_tokens  # every target scored once, including the remainder
+    assert overlap.ppl != pytest.approx(gptq.ppl, rel=1e-6)
+
+
+def test_bad_windows_are_errors(tiny):
+    model, tok = tiny
+    with pytest.raises(PerplexityError, match="too small for one window"):
+        compute_perplexity(model, tok, "a few words", dataset="w", seq_len=64, show_progress=False)
+    with pytest.raises(PerplexityError, match="longer than the model's context"):
+        compute_perplexity(model, tok, "text " * 2000, dataset="w", seq_len=1024, max_context=512, show_progress=False)
