@@ -55,7 +55,7 @@ def run_local(jobs: list[Job], **flags) -> dict[Job, int]:
 def run_stages_in_process(model: str, scheme: str, stages: tuple[str, ...], *, force: bool = False,
                           quiet: bool = False, profile: bool = False) -> int:
     """The worker body: run ``stages`` of one scheme here; return a worker exit code."""
-    from pipelines.rundir import Manifest, scheme_dir
+    from pipelines.rundir import Manifest
     from pipelines.stages import benchmark, evaluate, quantize
     from pipelines.stages.common import StageContext
 

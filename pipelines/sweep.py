@@ -10,18 +10,28 @@ fails is reported as failed; the others go on.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from evals.data import DataError, resolve_data_dir, spec
 from pipelines import config as cfg
 from pipelines.errors import QevalError, UnsupportedHere
 from pipelines.models import resolve_model
-from pipelines.rundir import Manifest, model_dir, read_json, scheme_dir, stable_hash, write_json_atomic, write_text_atomic
+from pipelines.rundir import (
+    Manifest,
+    model_dir,
+    read_json,
+    scheme_dir,
+    stable_hash,
+    write_json_atomic,
+    write_text_atomic,
+)
 from pipelines.stages.common import StageContext
 
 log = logging.getLogger(__name__)
@@ -142,14 +152,11 @@ def check_context(model: cfg.ModelRecipe, suite: cfg.SuiteRecipe) -> None:
 
 def check_data(suite: cfg.SuiteRecipe, schemes: list[str]) -> None:
     """Every local data file the sweep will read must exist before anything starts."""
+    task_data = task_datasets(suite.tasks.names, suite.tasks.tasks_dir)  # checks the tasks in any case
     data_dir = resolve_data_dir(suite.data_dir)
     if data_dir is None:
         return  # the Hub; failures surface when a stage loads the data
-    needed = set(suite.perplexity.datasets) | {suite.calibration.dataset or "c4"}
-    if suite.tasks.names:
-        from evals.harness import dataset_for_task
-
-        needed |= {ds for ds in map(dataset_for_task, suite.tasks.names) if ds}
+    needed = set(suite.perplexity.datasets) | {suite.calibration.dataset or "c4"} | task_data
     for name in sorted(needed):
         s = spec(name)
         for rel in filter(None, (s.local_file, s.labels_file)):
@@ -158,10 +165,45 @@ def check_data(suite: cfg.SuiteRecipe, schemes: list[str]) -> None:
                     f"dataset {name!r}: missing file {data_dir / rel}. Put it there, point QEVAL_DATA_DIR "
                     "at a folder that has it, or unset QEVAL_DATA_DIR to read it from the Hub."
                 )
-    if suite.tasks.names:
-        from evals.harness import check_tasks
 
-        check_tasks(suite.tasks.names, tasks_dir=suite.tasks.tasks_dir)
+
+def task_datasets(names: list[str], tasks_dir: str | None) -> set[str]:
+    """Check that every task exists and its YAML reads; return the datasets the local ones read.
+
+    Raises TaskError for an unknown task (listing the local ones) or a broken YAML (naming the file).
+    """
+    if not names:
+        return set()
+    from evals.harness import TASK_PREFIX, discover_tasks
+
+    defs = discover_tasks(Path(tasks_dir).expanduser() if tasks_dir else None)
+    datasets: set[str] = set()
+    external = []
+    for name in names:
+        definition = defs.get(name) or defs.get(TASK_PREFIX + name)
+        if definition is None:
+            external.append(name)
+        else:
+            datasets |= set(definition.datasets)
+    if external:
+        check_lm_eval_tasks(external, defs)
+    return datasets
+
+
+def check_lm_eval_tasks(names: list[str], defs: dict) -> None:
+    """Names that are not qeval's must be in lm-eval's own registry (whose data comes from the Hub)."""
+    from lm_eval.tasks import TaskManager
+
+    from evals.harness import TaskError
+
+    known = set(TaskManager().all_tasks)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        local = ", ".join(sorted(d.short_name for d in defs.values()))
+        close = {n: difflib.get_close_matches(n, [d.short_name for d in defs.values()], n=1) for n in unknown}
+        hints = "".join(f" Did you mean {c[0]!r} for {n!r}?" for n, c in close.items() if c)
+        raise TaskError(f"unknown task(s) {', '.join(map(repr, unknown))}.{hints} Local tasks: {local}; "
+                        "other names must be lm-eval task names (`lm_eval ls tasks`) or defined in --tasks-dir.")
 
 
 def write_plan(p: Plan, opts: SweepOptions) -> dict[str, Any]:

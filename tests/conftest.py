@@ -90,3 +90,16 @@ def tiny_llama_dir(tmp_path_factory, tiny_tokenizer_dir) -> Path:
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+@pytest.fixture
+def recipes(tmp_path, monkeypatch) -> Path:
+    """An editable copy of the recipes, used by the pipeline for this test."""
+    import shutil
+
+    from pipelines import config
+
+    copy = tmp_path / "recipes"
+    shutil.copytree(config.RECIPES_DIR, copy)
+    monkeypatch.setattr(config, "RECIPES_DIR", copy)
+    return copy

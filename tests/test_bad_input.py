@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines import cli, config
+from pipelines import cli
 
 
 def snapshot(root: Path) -> dict[str, float]:
@@ -21,15 +21,6 @@ def runs(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("QEVAL_RUNS_DIR", str(root))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     return root
-
-
-@pytest.fixture
-def recipes(tmp_path, monkeypatch) -> Path:
-    """An editable copy of the recipes."""
-    copy = tmp_path / "recipes"
-    shutil.copytree(config.RECIPES_DIR, copy)
-    monkeypatch.setattr(config, "RECIPES_DIR", copy)
-    return copy
 
 
 def edit(path: Path, **changes) -> None:

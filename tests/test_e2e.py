@@ -9,7 +9,6 @@ of a checkpoint the sweep made.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path

@@ -24,7 +24,9 @@ def wikitext(data_dir):
 
 def test_windows_cover_every_target_once():
     assert windows_for(10, "gptq", 4, None) == [(0, 4, 0), (4, 8, 4)]
-    for n, seq, stride in [(100, 16, 8), (101, 16, 5), (64, 16, 16)]:
+    # stride == seq_len cannot score a window's first token (no context): like the GPTQ protocol
+    assert windows_for(64, "sliding", 16, 16) == [(0, 16, 0), (16, 32, 16), (32, 48, 32), (48, 64, 48)]
+    for n, seq, stride in [(100, 16, 8), (101, 16, 5), (64, 16, 15)]:
         scored = []
         for b, e, first in windows_for(n, "sliding", seq, stride):
             assert e - b <= seq

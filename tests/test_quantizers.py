@@ -7,12 +7,12 @@ disk than the baseline where weights are stored compressed, provenance recorded.
 from __future__ import annotations
 
 import pytest
+from helpers import reload_in_fresh_process
 
 from pipelines.executors import run_stages_in_process
 from pipelines.quantizers import REGISTRY, get_quantizer
 from pipelines.rundir import read_json, scheme_dir
 from pipelines.sweep import SweepOptions, plan, write_plan
-from helpers import reload_in_fresh_process
 
 TINY_OVERRIDES = {
     "calibration": {"n_samples": 4, "seq_len": 64},

@@ -6,7 +6,13 @@ from typing import Literal
 
 from pipelines.errors import QevalError
 from pipelines.quantizers import _gptqmodel
-from pipelines.quantizers.base import Params, QuantizeOutcome, QuantizeRequest, Quantizer, check_group_size
+from pipelines.quantizers.base import (
+    Params,
+    QuantizeOutcome,
+    Quantizer,
+    QuantizeRequest,
+    check_group_size,
+)
 
 
 class AWQParams(Params):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipelines.quantizers.base import QuantizeOutcome, QuantizeRequest, Quantizer, save_tokenizer
+from pipelines.quantizers.base import QuantizeOutcome, Quantizer, QuantizeRequest, save_tokenizer
 
 
 class BaselineQuantizer(Quantizer):

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from pipelines.quantizers.base import Params, QuantizeOutcome, QuantizeRequest, Quantizer, save_tokenizer
+from pipelines.quantizers.base import (
+    Params,
+    QuantizeOutcome,
+    Quantizer,
+    QuantizeRequest,
+    save_tokenizer,
+)
 
 
 class FP8Params(Params):

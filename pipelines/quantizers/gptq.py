@@ -11,8 +11,8 @@ from pipelines.quantizers import _gptqmodel
 from pipelines.quantizers.base import (
     Params,
     QuantizeOutcome,
-    QuantizeRequest,
     Quantizer,
+    QuantizeRequest,
     check_group_size,
 )
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from pipelines.quantizers import _llmcompressor
-from pipelines.quantizers.base import Params, QuantizeOutcome, QuantizeRequest, Quantizer
+from pipelines.quantizers.base import Params, QuantizeOutcome, Quantizer, QuantizeRequest
 
 
 class W8A8Params(Params):

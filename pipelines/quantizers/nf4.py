@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 from pipelines.quantizers import _bnb
-from pipelines.quantizers.base import Params, QuantizeOutcome, QuantizeRequest, Quantizer
+from pipelines.quantizers.base import Params, QuantizeOutcome, Quantizer, QuantizeRequest
 
 
 class NF4Params(Params):

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from pipelines.errors import QevalError
-from pipelines.quantizers.base import Params, QuantizeOutcome, QuantizeRequest, Quantizer
+from pipelines.quantizers.base import Params, QuantizeOutcome, Quantizer, QuantizeRequest
 
 FORMATS = {
     "gptq": "gptq",

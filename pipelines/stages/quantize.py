@@ -20,8 +20,16 @@ from pipelines import models
 from pipelines.environment import library_version
 from pipelines.errors import QevalError
 from pipelines.quantizers import get_quantizer
-from pipelines.quantizers.base import QuantizeRequest, Quantizer, match_ignore
-from pipelines.rundir import atomic_directory, dir_bytes, model_dir, read_json, write_json_atomic, write_text_atomic, stable_hash
+from pipelines.quantizers.base import Quantizer, QuantizeRequest, match_ignore
+from pipelines.rundir import (
+    atomic_directory,
+    dir_bytes,
+    model_dir,
+    read_json,
+    stable_hash,
+    write_json_atomic,
+    write_text_atomic,
+)
 from pipelines.stages.common import StageContext, quantize_key, run_stage
 
 log = logging.getLogger(__name__)

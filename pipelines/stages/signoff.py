@@ -17,7 +17,14 @@ from pipelines import gates as gates_mod
 from pipelines.config import ResolvedRecipe
 from pipelines.environment import git_commit, hardware, library_versions
 from pipelines.errors import QevalError
-from pipelines.rundir import Manifest, model_dir, read_json, scheme_dir, write_json_atomic, write_text_atomic
+from pipelines.rundir import (
+    Manifest,
+    model_dir,
+    read_json,
+    scheme_dir,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 log = logging.getLogger(__name__)
 
