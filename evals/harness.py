@@ -479,6 +479,25 @@ def _quiet(show_progress: bool) -> Iterator[None]:
             datasets.enable_progress_bars()
 
 
+class _LoadedModelWarnings(logging.Filter):
+    """Drop HFLM's two warnings about being given a loaded model: qeval does that on purpose."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        return not message.startswith(("`pretrained` model kwarg", "Passed an already-initialized"))
+
+
+@contextlib.contextmanager
+def _without_loaded_model_warnings() -> Iterator[None]:
+    hf_logger = logging.getLogger("lm_eval.models.huggingface")
+    quiet = _LoadedModelWarnings()
+    hf_logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        hf_logger.removeFilter(quiet)
+
+
 def _metric_results(raw: dict[str, Any]) -> dict[str, Any]:
     """lm-eval's per-task results with ",none" stripped; "N/A" stderrs become None."""
     out: dict[str, Any] = {}
@@ -558,6 +577,21 @@ def _task_provenance(
     }
 
 
+def _load_task(manager: Any, name: str, *, external: bool, defs: dict[str, TaskDefinition]) -> Any:
+    """Build one task or group; an lm-eval task whose data cannot be fetched gets a clear error."""
+    if not external:
+        return manager.load([name])
+    try:
+        return manager.load([name])
+    except Exception as exc:
+        local = ", ".join(sorted(d.short_name for d in defs.values()))
+        raise TaskError(
+            f"lm-eval task {name!r} could not be loaded: {type(exc).__name__}: {exc}. lm-eval's "
+            f"own tasks read their data from the Hugging Face Hub; without it, use the local "
+            f"tasks ({local}) or define the task in a tasks_dir."
+        ) from exc
+
+
 def run_tasks(
     model: Any,
     tokenizer: Any,
@@ -599,9 +633,10 @@ def run_tasks(
     if unknown:
         raise _unknown_task_error([sel.requested_by_lm_name[n] for n in unknown], defs)
 
-    wrapped = HFLM(
-        pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length
-    )
+    with _without_loaded_model_warnings():
+        wrapped = HFLM(
+            pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length
+        )
     evaluated: dict[str, Any] = {"results": {}, "n-samples": {}, "samples": {}}
     task_objects: dict[str, Any] = {}
     leaf_limit: dict[str, int | None] = {}
@@ -611,7 +646,7 @@ def run_tasks(
         with _quiet(show_progress):
             specs = []
             for name in names:
-                loaded = manager.load([name])
+                loaded = _load_task(manager, name, external=name in sel.external, defs=defs)
                 task_objects.update(loaded["tasks"])
                 leaf_limit.update(dict.fromkeys(loaded["tasks"], value))
                 groups = loaded.get("groups") or {}

@@ -30,7 +30,11 @@ model recipe to fit the cluster.
 
 Cluster. With ``RAY_ADDRESS`` set, the sweep connects to that cluster; without
 it a local Ray instance starts and is shut down at the end. If Ray is already
-initialised in this process, that connection is used and left open. Workers
+initialised in this process, that connection is used and left open. ``ray
+start`` enables token authentication by default and Ray sends the token only
+when told to: connecting to such a cluster needs ``RAY_AUTH_MODE=token`` and the
+cluster's token (``~/.ray/auth_token``, ``RAY_AUTH_TOKEN_PATH`` or
+``RAY_AUTH_TOKEN``) on the driver. Workers
 get the driver's QEVAL_*, HF_*, MLFLOW_*, GPTQMODEL_* and TRANSFORMERS_*
 variables (and QEVAL_RUNS_DIR as an absolute path). Every node must have
 qeval installed with the same versions and must see the run directories
@@ -202,13 +206,22 @@ def connect() -> bool:
         return False
     common = dict(log_to_driver=True, namespace="qeval")
     address = os.environ.get("RAY_ADDRESS")
-    if address:
-        log.info("connecting to the Ray cluster at %s", address)
-        ray.init(address=address, **common)
-    else:
+    if not address:
         log.info("starting a local Ray instance")
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # offline tool: no usage reporting
         ray.init(include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE_BYTES, **common)
+        return True
+    log.info("connecting to the Ray cluster at %s", address)
+    try:
+        ray.init(address=address, **common)
+    except (ConnectionError, ray.exceptions.AuthenticationError) as exc:
+        from pipelines.errors import QevalError
+
+        raise QevalError(
+            f"cannot connect to the Ray cluster at RAY_ADDRESS={address}: {exc}. Check that the head node "
+            "runs and the address is reachable. A cluster with token authentication (the default of "
+            "`ray start`) also needs RAY_AUTH_MODE=token here and its token in ~/.ray/auth_token, "
+            "RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN."
+        ) from exc
     return True
 
 

@@ -28,7 +28,7 @@ def test_model_overrides_and_suite_calibration_apply_in_order():
     assert gptq.scheme.params["bits"] == 4
     assert (gptq.calibration.n_samples, gptq.calibration.seq_len) == (8, 128)  # suite beats paper default
     awq = config.resolve(model, "awq", suite)
-    assert (awq.calibration.n_samples, awq.calibration.seq_len) == (4, 128)  # per-scheme beats suite
+    assert (awq.calibration.n_samples, awq.calibration.seq_len) == (2, 64)  # per-scheme beats suite
     standard = config.resolve(model, "gptq", config.load_suite("standard"))
     assert (standard.calibration.n_samples, standard.calibration.seq_len) == (128, 2048)  # GPTQ paper
     awq_std = config.resolve(model, "awq", config.load_suite("standard"))

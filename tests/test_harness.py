@@ -376,3 +376,24 @@ def test_accuracy_equals_lm_eval_cli_on_saved_checkpoint(tiny_llama_dir, data_di
     )
     for metric in ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr"):
         assert ours["results"]["arc_easy"][metric] == cli[f"{metric},none"], metric
+
+
+def test_other_names_go_to_lm_eval_registry(tiny_model, data_dir, tmp_path):
+    """A name that is not local reaches lm-eval's own tasks: offline it fails naming the Hub."""
+    model, tok = tiny_model
+    try:
+        summary = run_tasks(
+            model,
+            tok,
+            ["lambada_standard"],
+            out_dir=tmp_path,
+            data_dir=data_dir,
+            limit=2,
+            show_progress=False,
+        )
+    except TaskError as err:
+        assert os.environ.get("HF_HUB_OFFLINE") == "1"
+        assert "lambada_standard" in str(err) and "Hub" in str(err)
+    else:  # a machine with Hub access runs lm-eval's own task
+        assert summary["n_samples"] == {"lambada_standard": 2}
+        assert summary["provenance"]["lambada_standard"]["kind"] == "lm_eval"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -32,10 +34,15 @@ QE = "quantize+evaluate"
 
 
 @pytest.fixture(autouse=True)
-def no_ray_left_connected():
-    """Every test starts and ends without a Ray connection in this process."""
+def no_ray_left_connected(monkeypatch):
+    """Every test starts and ends without a Ray connection in this process.
+
+    A local ``ray.init()`` also sets RAY_AUTH_MODE in os.environ; monkeypatch puts it back.
+    """
     if ray.is_initialized():
         ray.shutdown()
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
     yield
     if ray.is_initialized():
         ray.shutdown()
@@ -232,18 +239,22 @@ def processes_mentioning(text: str) -> list[int]:
 
 
 @pytest.fixture
-def ray_head():
-    """A real `ray start --head` on 127.0.0.1, stopped by the pids it started."""
+def ray_head(monkeypatch):
+    """A real `ray start --head` on 127.0.0.1 with token authentication, stopped by the pids it started."""
     import psutil
 
     port = free_port()
     temp_dir = tempfile.mkdtemp(prefix="qray", dir="/tmp")  # short: Ray's socket paths have a length limit
+    # The head and this driver both use token authentication (Ray sends the token
+    # to an explicit address only when told to).
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
     ray_cli = str(Path(sys.executable).parent / "ray")
     head = subprocess.Popen(
         [ray_cli, "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
          "--disable-usage-stats", "--include-dashboard=false", f"--temp-dir={temp_dir}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
     )
+    started: list = []
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -256,27 +267,55 @@ def ray_head():
                 time.sleep(0.5)
         yield f"127.0.0.1:{port}"
     finally:
-        started = [head, *psutil.Process(head.pid).children(recursive=True)] if head.poll() is None else []
-        os.killpg(head.pid, signal.SIGTERM)
-        _, alive = psutil.wait_procs(started, timeout=30)
-        for proc in alive:
-            proc.kill()
-        psutil.wait_procs(alive, timeout=10)
+        # Everything `ray start` started (GCS, raylet, agents, workers) descends from it;
+        # `ray start --block` ignores SIGTERM, so escalate to SIGKILL after a grace period.
+        with contextlib.suppress(psutil.NoSuchProcess):
+            started = [psutil.Process(head.pid), *psutil.Process(head.pid).children(recursive=True)]
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(head.pid, sig)
+            for proc in started:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    proc.send_signal(sig)
+            _, alive = psutil.wait_procs(started, timeout=10)
+            if not alive:
+                break
         head.wait(timeout=10)
-        assert not [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        assert not [p.pid for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
         assert not processes_mentioning(temp_dir), "raylet/GCS processes of the test cluster are still running"
+
+
+RUN_RAY_SCRIPT = r"""
+import json, sys
+from pipelines.ray_executor import run_ray
+jobs = [tuple(job) for job in json.loads(sys.argv[1])]
+codes = run_ray(jobs, force=False, quiet=True, profile=False)
+print(json.dumps([[*job, code] for job, code in codes.items()]))
+"""
 
 
 @pytest.mark.slow
 def test_sweep_on_a_running_ray_cluster(ray_head, tiny_llama_dir, tmp_path, monkeypatch):
     jobs = planned_jobs(tiny_llama_dir, tmp_path / "runs", monkeypatch, ["baseline"])
     model = jobs[0][0]
-    monkeypatch.setenv("RAY_ADDRESS", ray_head)
 
-    codes = run_ray(jobs, **FLAGS)
+    # A fresh driver process, as a user runs it: Ray reads RAY_AUTH_MODE when it is imported.
+    out = subprocess.run([sys.executable, "-c", RUN_RAY_SCRIPT, json.dumps(jobs)], capture_output=True, text=True,
+                         timeout=600, env={**os.environ, "RAY_ADDRESS": ray_head})
 
-    assert codes == {(model, "baseline"): WORKER_OK}
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Connected to Ray cluster" in out.stderr and "Started a local Ray instance" not in out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [[model, "baseline", WORKER_OK]]
     assert set(stage_statuses(model, "baseline").values()) == {"done"}
     assert read_json(scheme_dir(model, "baseline").eval_dir / "perplexity.json")["wikitext2"]["ppl"] > 1
     assert (scheme_dir(model, "baseline").bench_dir / "speed.json").is_file()
-    assert not ray.is_initialized()  # disconnected; the cluster is the fixture's to stop
+
+
+def test_an_unreachable_cluster_is_bad_input(monkeypatch):
+    from pipelines.errors import QevalError
+
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{free_port()}")  # nothing listens there
+    with pytest.raises(QevalError, match="RAY_ADDRESS"):
+        run_ray([("m", "baseline")], **FLAGS)
+    assert not ray.is_initialized()
