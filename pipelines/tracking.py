@@ -5,6 +5,9 @@ This is the only module that imports mlflow, and it does so inside functions
 every upload re-reads them, run ids are kept beside them (``sweep.json`` and
 each ``manifest.json``) so a rerun or a ``qeval sync`` updates the same runs,
 and an unreachable server leaves the sweep finished and marked unsynced.
+What does not need mlflow lives beside it: ``tracking_params`` (params, tags
+and dataset uses read from the run directory), ``redaction`` (secrets) and
+``compare_table`` (compare rows and tables).
 
 Layout in MLflow::
 
@@ -24,13 +27,10 @@ Layout in MLflow::
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import json
 import logging
 import math
 import os
-import re
 import socket
 import tempfile
 import time
@@ -38,7 +38,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipelines import environment
+from pipelines.compare_table import format_table, rows_from_runs
 from pipelines.errors import QevalError
 from pipelines.metrics import (
     BASELINE_SCHEME,
@@ -46,6 +46,16 @@ from pipelines.metrics import (
     sanitize_metric_name,
     scheme_metrics,
     sweep_rows,
+)
+
+# Re-exported: callers and tests read tracking.REDACTED.
+from pipelines.redaction import REDACTED as REDACTED
+from pipelines.redaction import (
+    env_secrets,
+    looks_like_credential,
+    redact_params,
+    redact_structure,
+    redact_text,
 )
 from pipelines.rundir import (
     PROJECT_ROOT,
@@ -58,6 +68,18 @@ from pipelines.rundir import (
     stable_hash,
     write_json_atomic,
 )
+from pipelines.tracking_params import (
+    KIND_TAG,
+    dataset_uses,
+    environment_params,
+    flatten,
+    read_optional,
+    scheme_files,
+    scheme_params,
+    scheme_tags,
+    signoff_verdict,
+    stage_status,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +87,7 @@ EXPERIMENT_ENV = "QEVAL_EXPERIMENT"
 DEFAULT_DB_NAME = "mlflow.db"
 DEFAULT_ARTIFACTS_DIRNAME = "mlartifacts"
 SYNC_COMMAND = "qeval sync"
-KIND_TAG = "qeval.kind"
 PARENT_TAG = "mlflow.parentRunId"
-REDACTED = "[REDACTED]"
 # MLflow's limits (mlflow.utils.validation: MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH,
 # MAX_ENTITY_KEY_LENGTH).
 MAX_PARAM_VALUE_CHARS = 6000
@@ -179,210 +199,6 @@ def _client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
-# --------------------------------------------------------------------------- secrets
-
-_CREDENTIAL_WORDS = {"secret", "password", "passwd", "auth", "credential", "credentials",
-                     "authorization", "apikey", "privatekey"}
-_CREDENTIAL_PHRASES = ("api_key", "private_key", "access_key", "secret_key")
-
-
-def looks_like_credential(name: str) -> bool:
-    """Return True for names such as ``HF_TOKEN``, ``hub_token``, ``apiKey``, ``db.password``.
-
-    ``token`` counts only as the last word of a name segment, so
-    ``token_ids_sha256``, ``n_tokens`` and ``tokenizer`` are not credentials.
-    """
-    snake = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name).lower()
-    for segment in re.split(r"[./:\s]+", snake):
-        words = [w for w in re.split(r"[^a-z0-9]+", segment) if w]
-        if not words:
-            continue
-        joined = "_".join(words)
-        if words[-1] == "token" or any(w in _CREDENTIAL_WORDS for w in words):
-            return True
-        if any(phrase in joined for phrase in _CREDENTIAL_PHRASES):
-            return True
-    return False
-
-
-def _env_secrets() -> list[str]:
-    """Values of environment variables whose names look like credentials (long enough to matter)."""
-    trivial = {"true", "false", "none", "null", "yes", "no"}
-    values = {
-        value for name, value in os.environ.items()
-        if looks_like_credential(name) and len(value) >= 6 and value.lower() not in trivial
-    }
-    return sorted(values, key=len, reverse=True)
-
-
-def _redact_text(text: str, secrets: Sequence[str]) -> str:
-    for secret in secrets:
-        if secret in text:
-            text = text.replace(secret, REDACTED)
-    return text
-
-
-def _redact_params(params: Mapping[str, str], secrets: Sequence[str]) -> dict[str, str]:
-    """Drop credential-named params and redact values that contain an environment secret."""
-    out = {}
-    for key, value in params.items():
-        if looks_like_credential(key):
-            log.info("param %s looks like a credential; not logged", key)
-            continue
-        out[key] = _redact_text(value, secrets)
-    return out
-
-
-def _redact_structure(data: Any, secrets: Sequence[str]) -> Any:
-    """Return ``data`` with credential-named keys and environment secrets replaced by a marker."""
-    if isinstance(data, Mapping):
-        return {
-            k: (REDACTED if looks_like_credential(str(k)) and v not in (None, "") else _redact_structure(v, secrets))
-            for k, v in data.items()
-        }
-    if isinstance(data, list):
-        return [_redact_structure(v, secrets) for v in data]
-    if isinstance(data, str):
-        return _redact_text(data, secrets)
-    return data
-
-
-# --------------------------------------------------------------------------- reading the run tree
-
-
-def _read_optional(path: Path) -> Any | None:
-    if not path.is_file():
-        return None
-    try:
-        return read_json(path)
-    except (OSError, ValueError) as exc:
-        log.warning("cannot read %s (%s); left out of tracking", path, exc)
-        return None
-
-
-def _read_recipe(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    import yaml
-
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    return data if isinstance(data, dict) else {}
-
-
-def _param_value(value: Any) -> str:
-    if isinstance(value, list | tuple | dict):
-        return json.dumps(value, sort_keys=True, default=str, separators=(",", ":"))
-    return str(value)
-
-
-def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """Flatten nested dicts into ``{"a.b.c": "value"}``; lists become compact JSON, None is dropped."""
-    out: dict[str, str] = {}
-    for key, value in data.items():
-        name = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, Mapping):
-            out.update(flatten(value, name))
-        elif value is not None:
-            out[name] = _param_value(value)
-    return out
-
-
-def _environment_params() -> dict[str, str]:
-    params = {f"lib.{dist}": version for dist, version in environment.library_versions().items()}
-    params["git_commit"] = environment.git_commit()
-    params.update(flatten(environment.hardware(), "hw"))
-    return params
-
-
-def _scheme_params(sdir: SchemeDir, files: Mapping[str, Any]) -> dict[str, str]:
-    """Collect the resolved recipe and the calibration, evaluation and benchmark protocols."""
-    params = flatten(_read_recipe(sdir.recipe_path), "recipe")
-    quantize = files["quantize"] or {}
-    quant_keys = ("scheme", "variant", "quantizer", "library", "library_version", "backend", "format",
-                  "kernel", "kernels", "ignore", "device", "dtype", "emulated")
-    params.update(flatten({k: quantize[k] for k in quant_keys if k in quantize}, "quant"))
-    params.update(flatten(quantize.get("params") or {}, "quant.params"))
-    params.update(flatten(quantize.get("calibration") or {}, "calibration"))
-    protocol_keys = ("protocol", "seq_len", "stride", "n_windows", "n_tokens", "token_ids_sha256",
-                     "dtype", "device", "source")
-    for dataset, entry in (files["perplexity"] or {}).items():
-        if isinstance(entry, Mapping):
-            params.update(flatten({k: entry[k] for k in protocol_keys if k in entry}, f"eval.ppl.{dataset}"))
-    tasks = files["tasks"] or {}
-    for task, limit in (tasks.get("limit") or {}).items():
-        params[f"eval.tasks.{task}.limit"] = _param_value(limit)
-    for task, n in (tasks.get("n_samples") or {}).items():
-        params[f"eval.tasks.{task}.n_samples"] = _param_value(n)
-    if tasks.get("lm_eval_version"):
-        params["eval.tasks.lm_eval_version"] = str(tasks["lm_eval_version"])
-    speed = files["speed"] or {}
-    params.update(flatten({k: speed[k] for k in ("device", "kernel") if k in speed}, "bench"))
-    params.update(flatten(speed.get("settings") or {}, "bench.settings"))
-    return params
-
-
-def _scheme_files(sdir: SchemeDir) -> dict[str, Any]:
-    return {
-        "quantize": _read_optional(sdir.quantize_json),
-        "perplexity": _read_optional(sdir.eval_dir / "perplexity.json"),
-        "tasks": _read_optional(sdir.eval_dir / "tasks.json"),
-        "speed": _read_optional(sdir.bench_dir / "speed.json"),
-    }
-
-
-def _signoff_verdict(signoff: Mapping[str, Any] | None, scheme: str | None = None) -> str | None:
-    if not isinstance(signoff, Mapping):
-        return None
-    if scheme is None:
-        verdict = signoff.get("verdict")
-    else:
-        verdict = ((signoff.get("schemes") or {}).get(scheme) or {}).get("verdict")
-    return str(verdict) if verdict is not None else None
-
-
-def _scheme_tags(model: str, scheme: str, sweep_id: str, manifest: Manifest, files: Mapping[str, Any],
-                 signoff: Mapping[str, Any] | None) -> dict[str, str]:
-    quantize = files["quantize"] or {}
-    speed = files["speed"] or {}
-    tags = {
-        "model": model,
-        "scheme": scheme,
-        "sweep_id": sweep_id,
-        KIND_TAG: "scheme",
-        "variant": manifest.data.get("variant") or quantize.get("variant"),
-        "backend": quantize.get("backend") or quantize.get("kernel") or speed.get("kernel"),
-        "device": quantize.get("device") or speed.get("device"),
-        "signoff": _signoff_verdict(signoff, scheme),
-    }
-    for stage, entry in manifest.data.get("stages", {}).items():
-        tags[f"stage.{stage}"] = entry.get("status")
-    return {k: str(v) for k, v in tags.items() if v is not None}
-
-
-def _dataset_uses(files: Mapping[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
-    """Return (context, dataset name, provenance) for calibration and evaluation data."""
-    uses = []
-    calibration = (files["quantize"] or {}).get("calibration")
-    if isinstance(calibration, Mapping):
-        name = calibration.get("dataset") or calibration.get("name") or "calibration"
-        # The provenance is nested under "source" (as in perplexity.json) or flat in the dict.
-        source = calibration.get("source") or calibration.get("provenance") or calibration
-        drawn = {k: calibration.get(k) for k in ("n_samples", "seq_len", "seed")}
-        uses.append(("calibration", str(name), {**source, **drawn}))
-    for dataset, entry in (files["perplexity"] or {}).items():
-        if isinstance(entry, Mapping):
-            uses.append(("evaluation", str(dataset), dict(entry.get("source") or {})))
-    tasks = files["tasks"] or {}
-    sources = tasks.get("sources") or {}
-    for task in tasks.get("results") or {}:
-        source = sources.get(task) or {"kind": "lm-eval-task", "path": tasks.get("tasks_dir"), "task": task}
-        uses.append(("evaluation", str(task), {**source, "limit": (tasks.get("limit") or {}).get(task)}))
-    return uses
-
-
-def _stage_status(manifest: Manifest) -> str:
-    statuses = {entry.get("status") for entry in manifest.data.get("stages", {}).values()}
-    return "FAILED" if "failed" in statuses else "FINISHED"
 
 
 # --------------------------------------------------------------------------- MLflow writes
@@ -482,7 +298,7 @@ def _log_params(client, run, params: Mapping[str, str]) -> None:
 def _log_tags(client, run_id: str, tags: Mapping[str, str], secrets: Sequence[str]) -> None:
     from mlflow.entities import RunTag
 
-    safe = [RunTag(sanitize_metric_name(k)[:MAX_KEY_CHARS], _redact_text(v, secrets)[:MAX_TAG_VALUE_CHARS])
+    safe = [RunTag(sanitize_metric_name(k)[:MAX_KEY_CHARS], redact_text(v, secrets)[:MAX_TAG_VALUE_CHARS])
             for k, v in sorted(tags.items()) if not looks_like_credential(k)]
     client.log_batch(run_id, tags=safe)
 
@@ -539,7 +355,7 @@ def _log_inputs(client, run_id: str, uses: Sequence[tuple[str, str, dict[str, An
 
     inputs = []
     for context, name, provenance in uses:
-        dataset = _mlflow_dataset(name, _redact_structure(provenance, secrets))
+        dataset = _mlflow_dataset(name, redact_structure(provenance, secrets))
         inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)]))
     if inputs:
         client.log_inputs(run_id, datasets=inputs)
@@ -554,7 +370,7 @@ def _safe_copy(path: Path, staging: Path, secrets: Sequence[str]) -> Path:
     if path.suffix == ".json":
         with contextlib.suppress(ValueError):
             data = json.loads(text)
-            clean = _redact_structure(data, secrets)
+            clean = redact_structure(data, secrets)
             if clean != data:
                 redacted = json.dumps(clean, indent=2) + "\n"
     elif path.suffix in (".yaml", ".yml"):
@@ -562,10 +378,10 @@ def _safe_copy(path: Path, staging: Path, secrets: Sequence[str]) -> Path:
 
         with contextlib.suppress(yaml.YAMLError):
             data = yaml.safe_load(text)
-            clean = _redact_structure(data, secrets)
+            clean = redact_structure(data, secrets)
             if clean != data:
                 redacted = yaml.safe_dump(clean, sort_keys=False)
-    redacted = _redact_text(redacted, secrets)
+    redacted = redact_text(redacted, secrets)
     if redacted == text:
         return path
     staging.mkdir(parents=True, exist_ok=True)
@@ -617,7 +433,7 @@ def _scheme_artifacts(sdir: SchemeDir) -> list[tuple[Path, str]]:
 
 def _load_sweep(model: str, schemes: Sequence[str]) -> dict[str, Any]:
     path = model_dir(model) / "sweep.json"
-    sweep = _read_optional(path)
+    sweep = read_optional(path)
     if not isinstance(sweep, dict):
         sweep = {"sweep_id": stable_hash({"model": model, "schemes": list(schemes), "at": time.time()}),
                  "model": model, "schemes": list(schemes)}
@@ -648,19 +464,19 @@ def _track_scheme(client, ctx: dict[str, Any], scheme: str, baseline: Mapping[st
     ctx["result"]["child_run_ids"][scheme] = run_id
 
     secrets = ctx["secrets"]
-    files = _scheme_files(sdir)
-    params = {**_scheme_params(sdir, files), **ctx["env_params"]}
-    _log_params(client, run, _redact_params(params, secrets))
-    _log_tags(client, run_id, _scheme_tags(model, scheme, sweep_id, Manifest(sdir), files, ctx["signoff"]), secrets)
+    files = scheme_files(sdir)
+    params = {**scheme_params(sdir, files), **ctx["env_params"]}
+    _log_params(client, run, redact_params(params, secrets))
+    _log_tags(client, run_id, scheme_tags(model, scheme, sweep_id, Manifest(sdir), files, ctx["signoff"]), secrets)
     metrics = scheme_metrics(sdir)
     if baseline:
         metrics.update(relative_metrics(metrics, baseline))
     _log_metrics(client, run, metrics)
-    _log_inputs(client, run_id, _dataset_uses(files), secrets)
+    _log_inputs(client, run_id, dataset_uses(files), secrets)
     _log_files(client, run_id, _scheme_artifacts(sdir), secrets)
     if ctx["log_checkpoint"]:
         _log_checkpoint(client, run_id, sdir.checkpoint_dir)
-    client.set_terminated(run_id, _stage_status(manifest))
+    client.set_terminated(run_id, stage_status(manifest))
     _mark_manifest(sdir, run_id, synced=True)
     return run_id
 
@@ -697,12 +513,12 @@ def _upload_sweep(ctx: dict[str, Any], sweep: dict[str, Any], schemes: Sequence[
     ctx["parent_run_id"] = state["parent_run_id"] = ctx["result"]["parent_run_id"] = parent.info.run_id
     _save_sweep(model, sweep)
 
-    ctx["secrets"] = _env_secrets()
-    ctx["env_params"] = _environment_params()
-    ctx["signoff"] = _read_optional(model_dir(model) / "signoff.json")
+    ctx["secrets"] = env_secrets()
+    ctx["env_params"] = environment_params()
+    ctx["signoff"] = read_optional(model_dir(model) / "signoff.json")
     sweep_params = flatten({k: sweep.get(k) for k in ("model", "suite", "schemes", "sweep_id")}, "sweep")
-    _log_params(client, parent, _redact_params({**sweep_params, **ctx["env_params"]}, ctx["secrets"]))
-    parent_tags = {**identity, "signoff": _signoff_verdict(ctx["signoff"])}
+    _log_params(client, parent, redact_params({**sweep_params, **ctx["env_params"]}, ctx["secrets"]))
+    parent_tags = {**identity, "signoff": signoff_verdict(ctx["signoff"])}
     _log_tags(client, parent.info.run_id, {k: v for k, v in parent_tags.items() if v is not None}, ctx["secrets"])
 
     baseline_dir = scheme_dir(model, BASELINE_SCHEME)
@@ -820,74 +636,8 @@ def sync(model: str | None = None, *, log_checkpoint: bool | None = None) -> dic
 def _experiment_for_reading(model: str, experiment: str | None) -> str:
     if experiment or os.environ.get(EXPERIMENT_ENV, "").strip():
         return experiment_name(model, experiment)
-    sweep = _read_optional(model_dir(model) / "sweep.json") or {}
+    sweep = read_optional(model_dir(model) / "sweep.json") or {}
     return (sweep.get("mlflow") or {}).get("experiment") or experiment_name(model)
-
-
-def _present(value: Any) -> bool:
-    if value is None:
-        return False
-    if isinstance(value, float) and math.isnan(value):
-        return False
-    return not (isinstance(value, str) and value == "")
-
-
-def rows_from_runs(runs, *, model: str | None = None, sweep_id: str | None = None) -> list[dict]:
-    """Turn an ``mlflow.search_runs`` DataFrame into compare rows for one sweep (latest by default).
-
-    Each row: scheme, variant, backend, device, signoff, run_id, sweep_id and
-    every metric, with delta.* / recovery.* recomputed against the sweep's
-    baseline row. Baseline first, then the sweep's scheme order.
-    """
-    records = runs.to_dict("records") if hasattr(runs, "to_dict") else list(runs)
-    if model is not None:
-        records = [r for r in records if r.get("tags.model") == model]
-    parents = [r for r in records if r.get(f"tags.{KIND_TAG}") == "sweep"]
-    if sweep_id is None:
-        candidates = parents or [r for r in records if _present(r.get("tags.sweep_id"))]
-        if not candidates:
-            return []
-        sweep_id = max(candidates, key=lambda r: r.get("start_time"))["tags.sweep_id"]
-    children = [r for r in records if r.get(f"tags.{KIND_TAG}") == "scheme" and r.get("tags.sweep_id") == sweep_id]
-    latest: dict[str, dict] = {}
-    for record in sorted(children, key=lambda r: r.get("start_time")):
-        latest[record["tags.scheme"]] = record  # one row per scheme even if a store has strays
-    rows = []
-    for scheme, record in latest.items():
-        row: dict[str, Any] = {"scheme": scheme}
-        for tag in ("variant", "backend", "device", "signoff"):
-            value = record.get(f"tags.{tag}")
-            if _present(value):
-                row[tag] = value
-        row["run_id"] = record.get("run_id")
-        row["sweep_id"] = sweep_id
-        for column, value in record.items():
-            if column.startswith("metrics.") and _present(value):
-                row[column.removeprefix("metrics.")] = float(value)
-        rows.append(row)
-    baseline = next((r for r in rows if r["scheme"] == BASELINE_SCHEME), None)
-    if baseline is not None:
-        base_metrics = _plain_metrics(baseline)
-        for row in rows:
-            for key in [k for k in row if k.startswith(("delta.", "recovery."))]:
-                del row[key]
-            row.update(relative_metrics(_plain_metrics(row), base_metrics))
-    order = _scheme_order(parents, sweep_id)
-    rows.sort(key=lambda r: (r["scheme"] != BASELINE_SCHEME,
-                             order.index(r["scheme"]) if r["scheme"] in order else len(order), r["scheme"]))
-    return rows
-
-
-def _plain_metrics(row: Mapping[str, Any]) -> dict[str, float]:
-    return {k: v for k, v in row.items() if isinstance(v, float) and not k.startswith(("delta.", "recovery."))}
-
-
-def _scheme_order(parents: Sequence[Mapping[str, Any]], sweep_id: str) -> list[str]:
-    for parent in parents:
-        if parent.get("tags.sweep_id") == sweep_id and _present(parent.get("params.sweep.schemes")):
-            with contextlib.suppress(ValueError, TypeError):
-                return list(json.loads(parent["params.sweep.schemes"]))
-    return []
 
 
 def compare(model: str, *, sweep_id: str | None = None, experiment: str | None = None) -> list[dict]:
@@ -915,61 +665,3 @@ def compare(model: str, *, sweep_id: str | None = None, experiment: str | None =
         raise QevalError(f"experiment {name!r} at {uri} has no scheme runs of model {model!r} for {which}. "
                          f"Run the sweep or `{SYNC_COMMAND}` first.")
     return rows
-
-
-# --------------------------------------------------------------------------- tables
-
-_TAG_COLUMNS = ("scheme", "variant", "backend", "device", "signoff")
-_METRIC_ORDER = ("ppl.", "delta.ppl.", "word_ppl.", "bits_per_byte.", "acc_mean", "recovery.acc_mean",
-                 "acc.", "recovery.acc.", "acc_norm.", "recovery.acc_norm.", "acc_stderr.",
-                 "acc_norm_stderr.", "mem.", "speed.", "quant.")
-
-
-def _columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    present = list(dict.fromkeys(k for row in rows for k in row))
-    tags = [c for c in _TAG_COLUMNS if c in present]
-
-    def rank(column: str) -> tuple[int, str]:
-        for i, prefix in enumerate(_METRIC_ORDER):
-            if column == prefix or (prefix.endswith(".") and column.startswith(prefix)):
-                return i, column
-        return len(_METRIC_ORDER), column
-
-    rest = sorted((c for c in present if c not in tags and c not in ("run_id", "sweep_id")), key=rank)
-    tail = [c for c in ("run_id",) if c in present]
-    return tags + rest + tail
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.4g}" if abs(value) < 1e5 else f"{value:.0f}"
-    return str(value)
-
-
-def format_table(rows: Sequence[Mapping[str, Any]], fmt: str = "markdown",
-                 columns: Sequence[str] | None = None) -> str:
-    """Render compare rows as ``markdown``, ``csv`` or ``json`` (all columns unless ``columns`` is given).
-
-    ``columns`` entries ending in "." select every column with that prefix
-    (e.g. ``["scheme", "ppl.", "delta.ppl.", "recovery.acc_mean"]``).
-    """
-    all_columns = _columns(rows)
-    if columns is not None:
-        all_columns = [c for c in all_columns
-                       if any(c == want or (want.endswith(".") and c.startswith(want)) for want in columns)]
-    if fmt == "json":
-        return json.dumps([{c: row[c] for c in all_columns if c in row} for row in rows], indent=2, default=str) + "\n"
-    columns = all_columns
-    if fmt == "csv":
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        return buffer.getvalue()
-    if fmt == "markdown":
-        lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-        lines += ["| " + " | ".join(_cell(row.get(c)) for c in columns) + " |" for row in rows]
-        return "\n".join(lines) + "\n"
-    raise ValueError(f"unknown table format {fmt!r}; choose markdown, csv or json")

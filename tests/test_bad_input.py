@@ -145,3 +145,24 @@ def test_calibration_set_too_short_fails_only_that_scheme(capsys, runs, tiny_lla
     assert "calibration set too short" in gptq["stages"]["quantize"]["error"]
     nf4 = json.loads((runs / tiny_llama_dir.name / "nf4" / "manifest.json").read_text())
     assert all(nf4["stages"][s]["status"] == "done" for s in ("quantize", "evaluate", "benchmark"))
+
+
+def test_scheme_whose_library_cannot_load_is_skipped_and_recorded(capsys, runs, tiny_llama_dir, monkeypatch):
+    import json
+    import sys
+
+    # A bitsandbytes whose native library does not load: the import fails (a true system edge).
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)
+    code = cli.main(["run", "--quiet", "--no-track", "--model", str(tiny_llama_dir), "--suite", "smoke",
+                     "--schemes", "nf4", "--tasks", "", "--set", "perplexity.max_windows=1",
+                     "--set", "perplexity.seq_len=64",
+                     "--set", "benchmark={batch_sizes: [1], iters: 1, warmup: 0, min_time_s: 0}"])
+    out = capsys.readouterr().out
+    assert code == cli.BAD_INPUT
+    nf4 = json.loads((runs / tiny_llama_dir.name / "nf4" / "manifest.json").read_text())
+    assert nf4["stages"]["quantize"]["status"] == "skipped"
+    assert "bitsandbytes cannot load here" in nf4["stages"]["quantize"]["error"]
+    assert "pip install bitsandbytes" in nf4["stages"]["quantize"]["error"]
+    assert "skipped nf4: bitsandbytes cannot load here" in out
+    baseline = json.loads((runs / tiny_llama_dir.name / "baseline" / "manifest.json").read_text())
+    assert baseline["stages"]["evaluate"]["status"] == "done"  # the rest of the sweep still ran
