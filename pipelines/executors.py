@@ -39,13 +39,40 @@ def run_worker(model: str, scheme: str, stages: tuple[str, ...], **flags) -> int
 Job = tuple[str, str]  # (model, scheme)
 
 
-def run_local(jobs: list[Job], **flags) -> dict[Job, int]:
+def group_is_cached(model: str, scheme: str, stages: tuple[str, ...]) -> bool:
+    """True when every stage of the group finished with the key it would have now.
+
+    Checked here so that a cached rerun does not start a worker process (and
+    import torch) just to find nothing to do.
+    """
+    from pipelines.quantizers import get_quantizer
+    from pipelines.rundir import Manifest, scheme_dir
+    from pipelines.stages import benchmark, evaluate
+    from pipelines.stages.common import StageContext, quantize_key
+
+    try:
+        ctx = StageContext.from_run_dir(model, scheme)
+    except Exception:
+        return False
+    keys = {
+        "quantize": lambda: quantize_key(ctx.recipe, get_quantizer(ctx.recipe.scheme.quantizer).needs_calibration),
+        "evaluate": lambda: evaluate.evaluate_key(ctx),
+        "benchmark": lambda: benchmark.benchmark_key(ctx),
+    }
+    manifest = Manifest(scheme_dir(model, scheme))
+    return all(manifest.is_done(stage, keys[stage]()) for stage in stages)
+
+
+def run_local(jobs: list[Job], *, force: bool = False, **flags) -> dict[Job, int]:
     """Run every job's stage groups one after the other; a failed group stops only its scheme."""
     codes: dict[Job, int] = {}
     for model, scheme in jobs:
         code = WORKER_OK
         for group in STAGE_GROUPS:
-            code = run_worker(model, scheme, group, **flags)
+            if not force and group_is_cached(model, scheme, group):
+                log.info("%s/%s: %s up to date", model, scheme, " -> ".join(group))
+                continue
+            code = run_worker(model, scheme, group, force=force, **flags)
             if code != WORKER_OK:
                 break
         codes[(model, scheme)] = code

@@ -24,6 +24,11 @@ None it is derived:
   the largest node has, so nothing else runs beside a benchmark on that node
   (and the benchmark only runs on the largest nodes).
 
+Ray sets OMP_NUM_THREADS to a task's CPUs, so torch in a quantize+evaluate
+task uses ``cpus`` threads (1 by default) where the local executor's worker
+uses every core: more tasks at once, each slower. Peak RSS recorded inside a
+Ray worker includes Ray's own runtime (about 70 MB more than a plain worker).
+
 A request that no alive node can meet fails its scheme at once as bad input
 (exit code 2) rather than waiting forever; set ``model.resources`` in the
 model recipe to fit the cluster.
@@ -212,6 +217,7 @@ def connect() -> bool:
         return True
     log.info("connecting to the Ray cluster at %s", address)
     try:
+        check_reachable(address)
         ray.init(address=address, **common)
     except (ConnectionError, ray.exceptions.AuthenticationError) as exc:
         from pipelines.errors import QevalError
@@ -223,6 +229,20 @@ def connect() -> bool:
             "RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN."
         ) from exc
     return True
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail fast on a ``host:port`` nobody listens on (Ray itself retries for minutes)."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or "://" in address:
+        return  # "auto", ray://, ...: left to Ray
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        raise ConnectionError(f"nothing answers at {address} ({exc})") from exc
 
 
 def record_crash(model: str, scheme: str, stages: tuple[str, ...], reason: str) -> None:

@@ -98,12 +98,10 @@ def scheme_files(sdir: SchemeDir) -> dict[str, Any]:
 
 
 def signoff_verdict(signoff: Mapping[str, Any] | None, scheme: str | None = None) -> str | None:
+    """The sweep's overall verdict, or one scheme's, from signoff.json."""
     if not isinstance(signoff, Mapping):
         return None
-    if scheme is None:
-        verdict = signoff.get("verdict")
-    else:
-        verdict = ((signoff.get("schemes") or {}).get(scheme) or {}).get("verdict")
+    verdict = signoff.get("overall") if scheme is None else (signoff.get("verdicts") or {}).get(scheme)
     return str(verdict) if verdict is not None else None
 
 

@@ -152,8 +152,12 @@ def write_run_tree(runs_dir: Path, model: str = MODEL, schemes: tuple[str, ...] 
         "started_at": now - 100, "finished_at": now,
     })
     if signoff:
-        verdicts = {s: {"verdict": "pass" if s != "gptq-w4g128" else "fail"} for s in schemes if s != "baseline"}
-        _write_json(model_root / "signoff.json", {"verdict": "fail", "schemes": verdicts})
+        # the shape pipelines.gates.signoff writes
+        verdicts = {s: "PASS" if s != "gptq-w4g128" else "FAIL" for s in schemes if s != "baseline"}
+        _write_json(model_root / "signoff.json", {
+            "overall": "FAIL", "exit_code": 1, "verdicts": {"baseline": "BASELINE", **verdicts},
+            "schemes": [{"scheme": s, "verdict": v, "gates": []} for s, v in verdicts.items()],
+        })
         (model_root / "signoff.md").write_text("# Sign-off\n\nint8: pass\n", encoding="utf-8")
     return model_root
 

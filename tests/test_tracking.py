@@ -72,7 +72,7 @@ def test_track_sweep_logs_parent_and_nested_children(store, tmp_path):
     parent = client.get_run(result["parent_run_id"])
     assert parent.data.tags["qeval.kind"] == "sweep"
     assert parent.data.tags["sweep_id"] == SWEEP_ID and parent.data.tags["model"] == MODEL
-    assert parent.data.tags["signoff"] == "fail"
+    assert parent.data.tags["signoff"] == "FAIL"
     assert json.loads(parent.data.params["sweep.schemes"]) == list(SCHEMES)
     parent_artifacts = _artifacts(client, parent.info.run_id)
     for expected in ("plots/ppl_vs_weights.png", "plots/acc_vs_decode.png", "plots/recovery.png",
@@ -87,7 +87,7 @@ def test_track_sweep_logs_parent_and_nested_children(store, tmp_path):
         assert tags["mlflow.parentRunId"] == parent.info.run_id
         assert (tags["model"], tags["scheme"], tags["sweep_id"]) == (MODEL, scheme, SWEEP_ID)
         assert tags["device"] == "cpu" and tags["variant"] and tags["backend"]
-        assert tags.get("signoff") == {"baseline": None, "gptq-w4g128": "fail", "int8": "pass"}[scheme]
+        assert tags.get("signoff") == {"baseline": "BASELINE", "gptq-w4g128": "FAIL", "int8": "PASS"}[scheme]
         expected = scheme_metrics(scheme_dir(MODEL, scheme))
         expected.update(relative_metrics(expected, baseline))
         assert set(metrics) == set(expected)
@@ -178,7 +178,7 @@ def test_compare_reads_back_the_latest_sweep_with_deltas(store):
     assert by_scheme["gptq-w4g128"]["delta.ppl.wikitext2"] == pytest.approx(1.0)
     assert by_scheme["gptq-w4g128"]["recovery.acc.hellaswag"] == pytest.approx(0.95)
     assert by_scheme["baseline"]["delta.ppl.c4"] == 0.0
-    assert by_scheme["int8"]["signoff"] == "pass"
+    assert by_scheme["int8"]["signoff"] == "PASS"
 
     # A second sweep of the same model: new parent, new children (the baseline is reused on
     # disk but gets its own run under the new parent); compare shows the latest by default.
