@@ -35,28 +35,13 @@ def linear_layer_shapes(model) -> dict[str, tuple[int, int]]:
     }
 
 
-def measure_layer_errors(
-    base_model,
-    quant_model,
-    windows: list[list[int]],
-    *,
-    ignored: set[str],
-    max_rows: int = 2048,
-    backend_losses: dict[str, float] | None = None,
-) -> list[LayerError]:
-    """Return one LayerError per linear layer, worst first.
-
-    Args:
-        windows: calibration token windows fed to the base model.
-        ignored: layer names kept in high precision (reported with quantized=False).
-        max_rows: token rows kept per layer, bounding memory on long windows.
-    """
+def capture_linear_inputs(model, names: list[str], windows: list[list[int]], max_rows: int) -> dict:
+    """Run ``model`` on ``windows`` and keep the first ``max_rows`` input rows of each named layer."""
     import torch
 
-    base_linears = {n: m for n, m in base_model.named_modules() if isinstance(m, torch.nn.Linear)}
-    quant_modules = dict(quant_model.named_modules())
-    captured: dict[str, list[torch.Tensor]] = {n: [] for n in base_linears}
-    counts = dict.fromkeys(base_linears, 0)
+    modules = dict(model.named_modules())
+    captured: dict[str, list[torch.Tensor]] = {n: [] for n in names if n in modules}
+    counts = dict.fromkeys(captured, 0)
 
     def hook_for(name):
         def hook(_mod, args):
@@ -68,32 +53,78 @@ def measure_layer_errors(
 
         return hook
 
-    handles = [m.register_forward_pre_hook(hook_for(n)) for n, m in base_linears.items()]
-    device = next(base_model.parameters()).device
+    handles = [modules[n].register_forward_pre_hook(hook_for(n)) for n in captured]
+    device = _module_device(model, torch.device("cpu"))
     try:
         with torch.inference_mode():
             for w in windows:
-                if min(counts.values()) >= max_rows:
+                if min(counts.values(), default=max_rows) >= max_rows:
                     break
-                base_model(torch.tensor([w], device=device))
+                model(torch.tensor([w], device=device))
     finally:
         for h in handles:
             h.remove()
+    return {n: torch.cat(xs) for n, xs in captured.items() if xs}
+
+
+def measure_layer_errors(
+    base_model,
+    quant_model,
+    windows: list[list[int]],
+    *,
+    ignored: set[str],
+    max_rows: int = 2048,
+    backend_losses: dict[str, float] | None = None,
+    folds_input_scales: bool = False,
+) -> list[LayerError]:
+    """Return one LayerError per linear layer, worst first.
+
+    Args:
+        windows: calibration token windows fed to both models.
+        ignored: layer names kept in high precision (reported with quantized=False).
+        max_rows: token rows kept per layer, bounding memory on long windows.
+        folds_input_scales: the scheme divides a layer's input by per-channel
+            scales folded into the op before it (AWQ, SmoothQuant) and multiplies
+            the weight by them. The scales are estimated per input channel as the
+            RMS ratio of the base and quantized models' inputs, and the base input
+            is divided by them; output channels get a least-squares gain for
+            scales folded the other way. The layer is still judged on its own.
+    """
+    import torch
+
+    names = [n for n, m in base_model.named_modules() if isinstance(m, torch.nn.Linear)]
+    base_modules = dict(base_model.named_modules())
+    quant_modules = dict(quant_model.named_modules())
+    device = next(base_model.parameters()).device
+    base_inputs = capture_linear_inputs(base_model, names, windows, max_rows)
+    quant_inputs = {}
+    if folds_input_scales:
+        quant_inputs = capture_linear_inputs(quant_model, names, windows, max_rows)
+    else:
+        # A whole-model forward first: compressed-tensors checkpoints stay
+        # compressed after loading and decompress on their first forward.
+        with torch.inference_mode():
+            quant_model(torch.tensor([windows[0][:16]], device=_module_device(quant_model, device)))
 
     results = []
     with torch.inference_mode():
-        # One whole-model forward first: compressed-tensors checkpoints stay
-        # compressed after loading and decompress on their first forward.
-        quant_model(torch.tensor([windows[0][:16]], device=_module_device(quant_model, device)))
-        for name, base_lin in base_linears.items():
+        for name in names:
             qmod = quant_modules.get(name)
-            if qmod is None or not captured[name]:
+            if qmod is None or name not in base_inputs:
                 continue
-            x = torch.cat(captured[name])
-            ref = base_lin(x.to(device)).float()
+            x = base_inputs[name]
+            ref = base_modules[name](x.to(device)).float()
+            if folds_input_scales and name in quant_inputs:
+                x = x / _input_scales(x, quant_inputs[name]).to(x.dtype)
             qdev = _module_device(qmod, device)
             qdtype = _module_dtype(qmod, x.dtype)
             out = qmod(x.to(qdev, qdtype)).float().to(ref.device)
+            if folds_input_scales:
+                # The layer's output may carry the scales folded into the next
+                # layer (AWQ scales up_proj's rows for down_proj): undo them with a
+                # least-squares gain per output channel.
+                gain = (ref * out).sum(0) / out.pow(2).sum(0).clamp_min(1e-12)
+                out = out * gain
             denom = ref.norm().item()
             err = (ref - out).norm().item() / denom if denom > 0 else math.nan
             results.append(
@@ -107,6 +138,14 @@ def measure_layer_errors(
             )
     results.sort(key=lambda r: (r.quantized, r.rel_error), reverse=True)
     return results
+
+
+def _input_scales(x_base, x_quant):
+    """Per-channel RMS ratio of two captures of a layer's input (1 where a channel is silent)."""
+    rms_base = x_base.float().pow(2).mean(0).sqrt()
+    rms_quant = x_quant.float().pow(2).mean(0).sqrt()
+    scales = rms_base / rms_quant.clamp_min(1e-8)
+    return scales.where((rms_base > 0) & (rms_quant > 0), scales.new_ones(()))
 
 
 def _module_device(module, default):

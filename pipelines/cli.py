@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     be = sub.add_parser("bench-eval", help="perplexity stage vs a bare batched forward pass")
     be.add_argument("--model", default=os.environ.get("MODEL") or "smollm2-135m")
     be.add_argument("--seq-len", type=int, default=512)
-    be.add_argument("--windows", type=int, default=16)
+    be.add_argument("--windows", type=int, default=8)
     be.add_argument("--batch-size", type=int, default=4)
 
     wk = sub.add_parser("worker", help=argparse.SUPPRESS)

@@ -73,4 +73,6 @@ def test_quantizer_contract(tiny_runs, scheme):
         # and every weight-quantized scheme reports per-layer errors
         assert sdir.layer_errors_csv.is_file()
         assert 0 < len(info["worst_layers"]) <= 10
-        assert all(w["rel_error"] >= 0 for w in info["worst_layers"])
+        # Relative output errors of a sane quantizer stay well below 1 (AWQ and SmoothQuant
+        # fold scales into neighbouring ops; the report must account for them).
+        assert all(0 <= w["rel_error"] < 1.0 for w in info["worst_layers"]), info["worst_layers"]

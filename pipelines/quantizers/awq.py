@@ -26,6 +26,7 @@ class AWQQuantizer(Quantizer):
     library = "gptqmodel"
     ParamsModel = AWQParams
     needs_calibration = True
+    folds_input_scales = True
 
     def parse_params(self, raw, where):
         if "bits" in raw and raw["bits"] != 4:

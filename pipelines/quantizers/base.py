@@ -61,6 +61,9 @@ class Quantizer:
     ParamsModel: ClassVar[type[Params]] = Params
     needs_calibration: ClassVar[bool] = False
     stores_compressed: ClassVar[bool] = True
+    # Divides layer inputs by scales folded into the op before (AWQ, SmoothQuant);
+    # the per-layer error report then matches the inputs' scales.
+    folds_input_scales: ClassVar[bool] = False
     install_hint: ClassVar[str] = "pip install -e ."
 
     def library_version(self) -> str:

@@ -21,6 +21,7 @@ class Int8W8A8Quantizer(Quantizer):
     library = "llmcompressor"
     ParamsModel = W8A8Params
     needs_calibration = True
+    folds_input_scales = True
     install_hint = "pip install llmcompressor==0.14.0.1"
 
     def quantize(self, request: QuantizeRequest) -> QuantizeOutcome:

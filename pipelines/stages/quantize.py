@@ -173,7 +173,8 @@ def _quantize(ctx: StageContext, quantizer: Quantizer, params) -> tuple[list[Pat
         kernels = _linear_kernels(quant)
         windows = calib.windows if quantizer.needs_calibration else calib.windows[:LAYER_ERROR_WINDOWS]
         errors = layer_errors.measure_layer_errors(base, quant, windows[:LAYER_ERROR_WINDOWS * 2],
-                                                   ignored=set(ignored), backend_losses=outcome.backend_losses)
+                                                   ignored=set(ignored), backend_losses=outcome.backend_losses,
+                                                   folds_input_scales=quantizer.folds_input_scales)
         del base, quant
         gc.collect()
     ctx.sdir.quantize_dir.mkdir(parents=True, exist_ok=True)
