@@ -61,7 +61,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from pipelines.executors import STAGE_GROUPS, WORKER_BAD_INPUT, WORKER_FAILED, WORKER_OK, Job
+from pipelines.executors import STAGE_GROUPS, WORKER_BAD_INPUT, WORKER_FAILED, WORKER_OK, Job, group_is_cached
 
 log = logging.getLogger(__name__)
 
@@ -308,6 +308,10 @@ class Scheduler:
         res = task_resources(recipe, self.cluster, benchmark="benchmark" in stages,
                              memory_gib=self.memory_gib.get(model))
         what = "+".join(stages)
+        if not self.flags["force"] and group_is_cached(model, scheme, stages):
+            log.info("%s/%s: %s up to date", model, scheme, what)  # no task, no worker start
+            self.finish(job, stages, WORKER_OK)
+            return
         if not self.cluster.fits(res):
             reason = (f"no node of the Ray cluster can run {what} with {res.describe()} "
                       f"(nodes: {self.cluster.nodes}). Set model.resources in the model recipe to fit.")
