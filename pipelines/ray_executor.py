@@ -9,7 +9,8 @@ with the local executor's subprocesses.
 Order. A scheme's benchmark starts only after its quantize+evaluate succeeded.
 Each model's baseline quantize+evaluate runs first; the model's other schemes
 fan out when it has finished (they read the baseline's quantize.json for the
-compression ratio). Models and schemes are otherwise independent.
+compression ratio). Models and schemes are otherwise independent. A group
+whose stages are all up to date starts no task (as with the local executor).
 
 Resources per task come from ``model.resources`` in the recipe; where a field is
 None it is derived:
@@ -61,7 +62,14 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from pipelines.executors import STAGE_GROUPS, WORKER_BAD_INPUT, WORKER_FAILED, WORKER_OK, Job, group_is_cached
+from pipelines.executors import (
+    STAGE_GROUPS,
+    WORKER_BAD_INPUT,
+    WORKER_FAILED,
+    WORKER_OK,
+    Job,
+    group_is_cached,
+)
 
 log = logging.getLogger(__name__)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import logging
 import os
 import shutil
 import signal
@@ -195,7 +196,8 @@ class KillWhenRunning(threading.Thread):
 
 
 @pytest.mark.slow
-def test_a_killed_task_fails_only_its_scheme_and_a_rerun_completes_it(tiny_llama_dir, tmp_path, monkeypatch):
+def test_a_killed_task_fails_only_its_scheme_and_a_rerun_completes_it(tiny_llama_dir, tmp_path, monkeypatch,
+                                                                       caplog):
     jobs = planned_jobs(tiny_llama_dir, tmp_path / "runs", monkeypatch, ["baseline", "nf4"])
     model = jobs[0][0]
     killer = KillWhenRunning(f"qeval:{model}/nf4:{QE}", model, "nf4", "quantize")
@@ -213,9 +215,12 @@ def test_a_killed_task_fails_only_its_scheme_and_a_rerun_completes_it(tiny_llama
     assert set(stage_statuses(model, "baseline").values()) == {"done"}
     baseline_before = Manifest(scheme_dir(model, "baseline")).data["stages"]
 
+    caplog.set_level(logging.INFO, logger="pipelines.ray_executor")
     codes = run_ray(jobs, **FLAGS)
 
     assert codes == {job: WORKER_OK for job in jobs}
+    assert f"{model}/baseline: {QE} up to date" in caplog.text  # no task started for it
+    assert f"{model}/nf4: {QE} queued" in caplog.text
     assert set(stage_statuses(model, "nf4").values()) == {"done"}
     assert read_json(scheme_dir(model, "nf4").quantize_json)["compression_ratio"] > 1
     # The baseline's stages were up to date: kept, not rerun.

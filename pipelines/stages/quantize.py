@@ -195,6 +195,8 @@ def _quantize(ctx: StageContext, quantizer: Quantizer, params) -> tuple[list[Pat
         "ignore": ignored,
         "calibration": calib.to_dict() if (calib is not None and quantizer.needs_calibration) else None,
         "device": device,
+        # GPTQ's result depends on torch's thread count (reductions are split per thread).
+        "torch_threads": torch.get_num_threads(),
         "dtype": recipe.model.dtype,
         "duration_s": round(duration_s, 3),
         "peak_rss_bytes": rss.peak_bytes,
