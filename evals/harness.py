@@ -36,6 +36,7 @@ from typing import Any
 import yaml
 
 from evals import data as eval_data
+from evals.atomic import write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -271,7 +272,7 @@ def materialise_dataset(name: str, data_dir: Path | None) -> tuple[Path, dict[st
     path = task_data_dir() / f"{name}-{digest[:16]}.jsonl"
     # The same content keeps the same path, so the datasets cache lm-eval builds is reused.
     if not path.is_file():
-        _write_bytes_atomic(path, payload)
+        write_bytes_atomic(path, payload)
     return path, {
         **provenance,
         "dataset": name,
@@ -370,30 +371,15 @@ def _check_rendered(src: Path, cfg: Any) -> None:
 # ----------------------------------------------------------------------------- atomic files
 
 
-def _write_bytes_atomic(path: Path, payload: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def _write_json_atomic(path: Path, data: Any) -> None:
-    _write_bytes_atomic(
+    write_bytes_atomic(
         path, (json.dumps(data, indent=2, default=_json_default) + "\n").encode("utf-8")
     )
 
 
 def _write_jsonl_atomic(path: Path, rows: list[dict[str, Any]]) -> None:
     text = "".join(json.dumps(r, default=_json_default) + "\n" for r in rows)
-    _write_bytes_atomic(path, text.encode("utf-8"))
+    write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def _json_default(value: Any) -> Any:

@@ -30,6 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# Stages write through rundir; the atomic writer itself lives in evals (imports point one way).
+from evals.atomic import write_text_atomic as write_text_atomic
+
 log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -38,22 +41,6 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 def runs_root() -> Path:
     """Return the root of all run directories (``QEVAL_RUNS_DIR`` or ``./runs``)."""
     return Path(os.environ.get("QEVAL_RUNS_DIR", "runs")).resolve()
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
