@@ -38,7 +38,9 @@ class Strict(BaseModel):
 class Resources(Strict):
     """What one stage task of this model asks a Ray cluster for (None: derived from the model's size)."""
 
-    cpus: float = Field(1, gt=0)
+    cpus: float | None = Field(
+        None, gt=0, description="default: 1 on a GPU cluster; a whole node on a CPU-only one (see ray_executor)"
+    )
     gpus: float | None = Field(None, ge=0, description="default: n_gpus on a GPU cluster, else 0")
     memory_gib: float | None = Field(None, gt=0, description="default: estimated from the parameter count")
 

@@ -15,6 +15,12 @@ whose stages are all up to date starts no task (as with the local executor).
 Resources per task come from ``model.resources`` in the recipe; where a field is
 None it is derived:
 
+* ``cpus``: 1 on a cluster with GPUs (the GPU does the work); on a CPU-only
+  cluster as many CPUs as the largest node has, as the local executor's worker
+  uses every core. GPTQ's result depends on torch's thread count (Ray sets it to
+  a task's CPUs), so this is also what keeps results identical to a local run;
+  a smaller ``cpus`` packs more tasks per node, at that price.
+
 * ``gpus``: ``model.n_gpus`` on a cluster with GPUs and a suite device other
   than ``cpu``, else 0.
 * ``memory_gib``: parameters (from the model's config) x bytes of the dtype x
@@ -25,9 +31,8 @@ None it is derived:
   the largest node has, so nothing else runs beside a benchmark on that node
   (and the benchmark only runs on the largest nodes).
 
-Ray sets OMP_NUM_THREADS to a task's CPUs, so torch in a quantize+evaluate
-task uses ``cpus`` threads (1 by default) where the local executor's worker
-uses every core: more tasks at once, each slower. Peak RSS recorded inside a
+Ray sets OMP_NUM_THREADS to a task's CPUs, so torch in a task uses ``cpus``
+threads. Peak RSS recorded inside a
 Ray worker includes Ray's own runtime (about 70 MB more than a plain worker).
 
 A request that no alive node can meet fails its scheme at once as bad input
@@ -165,6 +170,11 @@ def task_resources(recipe, cluster: Cluster, *, benchmark: bool,
     if gpus is None:
         gpus = recipe.model.n_gpus if cluster.has_gpus and recipe.device != "cpu" else 0
     cpus = res.cpus
+    if cpus is None:
+        # On CPUs a stage uses every core of its node, as the local executor's
+        # worker does; GPTQ's result depends on torch's thread count, so this
+        # also keeps results identical to a local run.
+        cpus = 1 if gpus > 0 else cluster.max_node_cpus
     if benchmark:
         if gpus > 0:
             gpus = max(1, math.ceil(gpus))

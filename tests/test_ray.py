@@ -96,12 +96,15 @@ def test_resources_follow_the_recipe_and_the_cluster(tiny_llama_dir, tmp_path, m
     gpu_cluster = Cluster([{"CPU": 16, "GPU": 4, "memory": 64 * 2**30}])
 
     qe = task_resources(recipe, cpu_cluster, benchmark=False, memory_gib=3.0)
-    assert (qe.num_cpus, qe.num_gpus, qe.memory_bytes) == (1, 0, 3 * 2**30)
+    assert (qe.num_cpus, qe.num_gpus, qe.memory_bytes) == (8, 0, 3 * 2**30)  # a whole node, as locally
+    assert task_resources(recipe, gpu_cluster, benchmark=False, memory_gib=3.0).num_cpus == 1
     bench = task_resources(recipe, cpu_cluster, benchmark=True, memory_gib=3.0)
     assert (bench.num_cpus, bench.num_gpus) == (8, 0)  # the whole of the largest node
     assert task_resources(recipe, gpu_cluster, benchmark=False, memory_gib=3.0).num_gpus == recipe.model.n_gpus
     assert task_resources(recipe, gpu_cluster, benchmark=True, memory_gib=3.0).num_gpus == 1
 
+    recipe.model.resources.cpus = 2
+    assert task_resources(recipe, cpu_cluster, benchmark=False, memory_gib=3.0).num_cpus == 2
     recipe.model.resources.gpus = 0.5
     recipe.model.resources.memory_gib = 100.0
     shared = task_resources(recipe, gpu_cluster, benchmark=False, memory_gib=3.0)
