@@ -20,6 +20,11 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # Count of model loads per stage, printed at the end of a sweep: the smoke sweep
 # should load a model at most once per scheme per stage.
 LOAD_COUNTS: dict[str, int] = {}
+# The quantize stage also reads the base model: once to quantize it (source) and
+# once as the reference of the per-layer error report; counted apart from the
+# load of the checkpoint under test.
+SOURCE_LOAD = "quantize:source"
+REFERENCE_LOAD = "quantize:reference"
 
 
 def resolve_model(name: str) -> ModelRecipe:

@@ -25,9 +25,9 @@ def check_backend(device: str) -> None:
 def quantize_and_save(request: QuantizeRequest, bnb_config) -> None:
     from transformers import AutoModelForCausalLM
 
-    from pipelines.models import count_load, device_map_for, torch_dtype
+    from pipelines.models import SOURCE_LOAD, count_load, device_map_for, torch_dtype
 
-    count_load("quantize")
+    count_load(SOURCE_LOAD)
     model = AutoModelForCausalLM.from_pretrained(
         request.source, revision=request.revision, dtype=torch_dtype(request.dtype),
         quantization_config=bnb_config, device_map=device_map_for(request.device, request.n_gpus),

@@ -29,6 +29,9 @@ def run(request: QuantizeRequest, config, backend_name: str, fmt: str) -> Quanti
     from gptqmodel import BACKEND, GPTQModel
 
     backend = getattr(BACKEND, backend_name)
+    from pipelines.models import SOURCE_LOAD, count_load
+
+    count_load(SOURCE_LOAD)
     model = GPTQModel.load(request.source, config, device=request.device)
     log_rows = model.quantize(request.calibration.as_gptqmodel(), batch_size=1, backend=backend)
     model.save(str(request.out_dir))

@@ -18,10 +18,10 @@ log = logging.getLogger(__name__)
 def run(request: QuantizeRequest, recipe: list, *, scheme_label: str, emulated: bool) -> QuantizeOutcome:
     from llmcompressor import oneshot
 
-    from pipelines.models import load_dense
+    from pipelines.models import SOURCE_LOAD, load_dense
 
     model = load_dense(request.source, request.dtype, request.device, revision=request.revision,
-                       n_gpus=request.n_gpus, stage="quantize")
+                       n_gpus=request.n_gpus, stage=SOURCE_LOAD)
     kwargs = {}
     if request.calibration is not None:
         from datasets import Dataset

@@ -11,9 +11,9 @@ class BaselineQuantizer(Quantizer):
     stores_compressed = False
 
     def quantize(self, request: QuantizeRequest) -> QuantizeOutcome:
-        from pipelines.models import load_dense
+        from pipelines.models import SOURCE_LOAD, load_dense
 
-        model = load_dense(request.source, request.dtype, "cpu", revision=request.revision, stage="quantize")
+        model = load_dense(request.source, request.dtype, "cpu", revision=request.revision, stage=SOURCE_LOAD)
         model.save_pretrained(request.out_dir)
         save_tokenizer(request.source, request.out_dir, request.revision)
         return QuantizeOutcome(backend="dense", format="dense")

@@ -25,10 +25,10 @@ class FP8Quantizer(Quantizer):
         from torchao.quantization import Float8WeightOnlyConfig
         from transformers import AutoModelForCausalLM, TorchAoConfig
 
-        from pipelines.models import count_load, device_map_for, torch_dtype
+        from pipelines.models import SOURCE_LOAD, count_load, device_map_for, torch_dtype
 
         config = TorchAoConfig(Float8WeightOnlyConfig(), modules_to_not_convert=list(request.ignore) or None)
-        count_load("quantize")
+        count_load(SOURCE_LOAD)
         model = AutoModelForCausalLM.from_pretrained(
             request.source, revision=request.revision, dtype=torch_dtype(request.dtype),
             quantization_config=config, device_map=device_map_for(request.device, request.n_gpus),

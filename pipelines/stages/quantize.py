@@ -167,7 +167,7 @@ def _quantize(ctx: StageContext, quantizer: Quantizer, params) -> tuple[list[Pat
     kernels: dict[str, int] = {}
     if measure_errors:
         base = models.load_dense(ctx.base_source, recipe.model.dtype, device, revision=recipe.model.revision,
-                                 n_gpus=recipe.model.n_gpus, stage="quantize:reference")
+                                 n_gpus=recipe.model.n_gpus, stage=models.REFERENCE_LOAD)
         models.count_load("quantize")
         quant = quantizer.load(checkpoint, device, recipe.model.dtype, recipe.model.n_gpus)
         kernels = _linear_kernels(quant)
