@@ -75,7 +75,12 @@ setup: $(BIN)/python ## create .venv, install torch (CPU wheel) then qeval, prep
 comma := ,
 
 quantize: ## run the sweep: quantize, evaluate, benchmark, sign off, log to MLflow
-	$(QEVAL) run $(SWEEP_FLAGS)
+	@# A finished sweep whose verdict is FAIL (1) or INCONCLUSIVE (3) is not a broken
+	@# command: say so and succeed; `make signoff` is the target a release gates on.
+	@$(QEVAL) run $(SWEEP_FLAGS); code=$$?; \
+	if [ $$code -eq 1 ] || [ $$code -eq 3 ]; then \
+	  echo "sweep finished; sign-off exit code $$code (gate a release on: make signoff MODEL=$(MODEL))"; exit 0; \
+	fi; exit $$code
 
 signoff: ## rerun only the sign-off from existing results (exit 0 pass, 1 fail, 3 inconclusive)
 	$(QEVAL) signoff --model $(MODEL) $(if $(SCHEME),--scheme $(SCHEME))
