@@ -106,7 +106,7 @@ def _local_provenance(path: Path) -> dict[str, Any]:
     return {"kind": "local", "path": str(path), "sha256": sha256_file(path)}
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
 
@@ -152,7 +152,7 @@ def load_records(name: str, data_dir: Path | None) -> tuple[list[dict[str, Any]]
     if name == "wikitext2":
         rows = [{"text": line} for line in wikitext_rows(path)]
         return rows, prov
-    rows = _read_jsonl(path)
+    rows = read_jsonl(path)
     if s.labels_file:
         labels_path = _local_path(name, data_dir, s.labels_file)
         labels = [ln.strip() for ln in labels_path.read_text().splitlines() if ln.strip()]

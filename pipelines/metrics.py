@@ -17,10 +17,9 @@ import logging
 import math
 import re
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any
 
-from pipelines.rundir import SchemeDir, model_dir, read_json, scheme_dir
+from pipelines.rundir import SchemeDir, model_dir, read_json_if_readable, scheme_dir
 
 log = logging.getLogger(__name__)
 
@@ -88,16 +87,6 @@ def _number(value: Any) -> float | None:
     return out if math.isfinite(out) else None
 
 
-def _read(path: Path) -> Any | None:
-    if not path.is_file():
-        return None
-    try:
-        return read_json(path)
-    except (OSError, ValueError) as exc:
-        log.warning("cannot read %s (%s); its metrics are left out", path, exc)
-        return None
-
-
 def _put(out: dict[str, float], name: str, value: Any, scale: float = 1.0) -> None:
     number = _number(value)
     if number is not None:
@@ -105,7 +94,7 @@ def _put(out: dict[str, float], name: str, value: Any, scale: float = 1.0) -> No
 
 
 def _perplexity_metrics(sdir: SchemeDir) -> dict[str, float]:
-    data = _read(sdir.eval_dir / "perplexity.json") or {}
+    data = read_json_if_readable(sdir.eval_dir / "perplexity.json") or {}
     out: dict[str, float] = {}
     for dataset, entry in data.items():
         if not isinstance(entry, Mapping):
@@ -117,7 +106,7 @@ def _perplexity_metrics(sdir: SchemeDir) -> dict[str, float]:
 
 
 def _task_metrics(sdir: SchemeDir) -> dict[str, float]:
-    data = _read(sdir.eval_dir / "tasks.json") or {}
+    data = read_json_if_readable(sdir.eval_dir / "tasks.json") or {}
     out: dict[str, float] = {}
     for task, entry in (data.get("results") or {}).items():
         if not isinstance(entry, Mapping):
@@ -132,7 +121,7 @@ def _task_metrics(sdir: SchemeDir) -> dict[str, float]:
 
 
 def _memory_metrics(sdir: SchemeDir, quantize: Mapping[str, Any]) -> dict[str, float]:
-    data = _read(sdir.bench_dir / "memory.json") or {}
+    data = read_json_if_readable(sdir.bench_dir / "memory.json") or {}
     out: dict[str, float] = {}
     _put(out, "mem.disk_gib", data.get("disk_bytes", quantize.get("disk_bytes")), GIB)
     _put(out, "mem.weights_gib", data.get("weights_bytes"), GIB)
@@ -142,7 +131,7 @@ def _memory_metrics(sdir: SchemeDir, quantize: Mapping[str, Any]) -> dict[str, f
 
 
 def _speed_metrics(sdir: SchemeDir) -> dict[str, float]:
-    data = _read(sdir.bench_dir / "speed.json") or {}
+    data = read_json_if_readable(sdir.bench_dir / "speed.json") or {}
     out: dict[str, float] = {}
     seen_batch_sizes: set[int] = set()
     for result in data.get("results") or []:
@@ -172,7 +161,7 @@ def _quantize_metrics(quantize: Mapping[str, Any]) -> dict[str, float]:
 
 def scheme_metrics(sdir: SchemeDir) -> dict[str, float]:
     """Return every documented metric the scheme's run directory has files for."""
-    quantize = _read(sdir.quantize_json) or {}
+    quantize = read_json_if_readable(sdir.quantize_json) or {}
     out: dict[str, float] = {}
     out.update(_perplexity_metrics(sdir))
     out.update(_task_metrics(sdir))
@@ -229,5 +218,5 @@ def sanitize_metric_name(name: str) -> str:
 
 def sweep_schemes(model: str) -> list[str]:
     """Return the schemes listed in runs/<model>/sweep.json (empty when it is absent)."""
-    data = _read(model_dir(model) / "sweep.json") or {}
+    data = read_json_if_readable(model_dir(model) / "sweep.json") or {}
     return list(data.get("schemes") or [])

@@ -53,6 +53,17 @@ def read_json(path: Path) -> Any:
         return json.load(f)
 
 
+def read_json_if_readable(path: Path) -> Any | None:
+    """The file's JSON, or None when it is absent or unreadable (logged): optional results."""
+    if not path.is_file():
+        return None
+    try:
+        return read_json(path)
+    except (OSError, ValueError) as exc:
+        log.warning("cannot read %s (%s); left out", path, exc)
+        return None
+
+
 @contextlib.contextmanager
 def atomic_directory(final: Path) -> Iterator[Path]:
     """Yield a temporary sibling directory that replaces ``final`` on success.

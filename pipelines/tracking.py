@@ -63,6 +63,7 @@ from pipelines.rundir import (
     SchemeDir,
     model_dir,
     read_json,
+    read_json_if_readable,
     runs_root,
     scheme_dir,
     stable_hash,
@@ -73,7 +74,6 @@ from pipelines.tracking_params import (
     dataset_uses,
     environment_params,
     flatten,
-    read_optional,
     scheme_files,
     scheme_params,
     scheme_tags,
@@ -433,7 +433,7 @@ def _scheme_artifacts(sdir: SchemeDir) -> list[tuple[Path, str]]:
 
 def _load_sweep(model: str, schemes: Sequence[str]) -> dict[str, Any]:
     path = model_dir(model) / "sweep.json"
-    sweep = read_optional(path)
+    sweep = read_json_if_readable(path)
     if not isinstance(sweep, dict):
         sweep = {"sweep_id": stable_hash({"model": model, "schemes": list(schemes), "at": time.time()}),
                  "model": model, "schemes": list(schemes)}
@@ -515,7 +515,7 @@ def _upload_sweep(ctx: dict[str, Any], sweep: dict[str, Any], schemes: Sequence[
 
     ctx["secrets"] = env_secrets()
     ctx["env_params"] = environment_params()
-    ctx["signoff"] = read_optional(model_dir(model) / "signoff.json")
+    ctx["signoff"] = read_json_if_readable(model_dir(model) / "signoff.json")
     sweep_params = flatten({k: sweep.get(k) for k in ("model", "suite", "schemes", "sweep_id")}, "sweep")
     _log_params(client, parent, redact_params({**sweep_params, **ctx["env_params"]}, ctx["secrets"]))
     parent_tags = {**identity, "signoff": signoff_verdict(ctx["signoff"])}
@@ -636,7 +636,7 @@ def sync(model: str | None = None, *, log_checkpoint: bool | None = None) -> dic
 def _experiment_for_reading(model: str, experiment: str | None) -> str:
     if experiment or os.environ.get(EXPERIMENT_ENV, "").strip():
         return experiment_name(model, experiment)
-    sweep = read_optional(model_dir(model) / "sweep.json") or {}
+    sweep = read_json_if_readable(model_dir(model) / "sweep.json") or {}
     return (sweep.get("mlflow") or {}).get("experiment") or experiment_name(model)
 
 

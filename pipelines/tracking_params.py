@@ -9,22 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from pipelines import environment
-from pipelines.rundir import Manifest, SchemeDir, read_json
+from pipelines.rundir import Manifest, SchemeDir, read_json_if_readable
 
 log = logging.getLogger(__name__)
 
 # Tells a sweep's parent run ("sweep") from its scheme runs ("scheme"); compare_table reads it back.
 KIND_TAG = "qeval.kind"
-
-
-def read_optional(path: Path) -> Any | None:
-    if not path.is_file():
-        return None
-    try:
-        return read_json(path)
-    except (OSError, ValueError) as exc:
-        log.warning("cannot read %s (%s); left out of tracking", path, exc)
-        return None
 
 
 def _read_recipe(path: Path) -> dict[str, Any]:
@@ -90,10 +80,10 @@ def scheme_params(sdir: SchemeDir, files: Mapping[str, Any]) -> dict[str, str]:
 
 def scheme_files(sdir: SchemeDir) -> dict[str, Any]:
     return {
-        "quantize": read_optional(sdir.quantize_json),
-        "perplexity": read_optional(sdir.eval_dir / "perplexity.json"),
-        "tasks": read_optional(sdir.eval_dir / "tasks.json"),
-        "speed": read_optional(sdir.bench_dir / "speed.json"),
+        "quantize": read_json_if_readable(sdir.quantize_json),
+        "perplexity": read_json_if_readable(sdir.eval_dir / "perplexity.json"),
+        "tasks": read_json_if_readable(sdir.eval_dir / "tasks.json"),
+        "speed": read_json_if_readable(sdir.bench_dir / "speed.json"),
     }
 
 

@@ -7,12 +7,12 @@ and returns the exit code a release pipeline acts on (0 pass, 1 fail,
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
+from evals.data import read_jsonl
 from pipelines import gates as gates_mod
 from pipelines.config import ResolvedRecipe
 from pipelines.environment import git_commit, hardware, library_versions
@@ -27,11 +27,6 @@ from pipelines.rundir import (
 )
 
 log = logging.getLogger(__name__)
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def finished(model: str, scheme: str, stage: str) -> bool:
@@ -51,7 +46,7 @@ def evidence(model: str, scheme: str, recipe: ResolvedRecipe) -> gates_mod.Schem
         for task in ev.task_metrics:
             sample_file = sdir.eval_dir / "samples" / f"{task}.jsonl"
             if sample_file.is_file():
-                ev.task_samples[task] = _read_jsonl(sample_file)
+                ev.task_samples[task] = read_jsonl(sample_file)
     memory, speed = sdir.bench_dir / "memory.json", sdir.bench_dir / "speed.json"
     if memory.is_file():
         ev.weights_gib = read_json(memory)["weights_bytes"] / 2**30
