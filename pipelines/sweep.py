@@ -113,7 +113,7 @@ def plan(opts: SweepOptions) -> Plan:
     schemes = ["baseline", *[s for s in schemes if s != "baseline"]]
     gates.merge_gates(suite.gates, model.gates)
     check_context(model, suite)
-    check_data(suite, schemes)
+    check_data(suite)
     recipes, skipped = {}, {}
     for scheme in schemes:
         recipe = cfg.resolve(model, scheme, suite)
@@ -150,7 +150,7 @@ def check_context(model: cfg.ModelRecipe, suite: cfg.SuiteRecipe) -> None:
         )
 
 
-def check_data(suite: cfg.SuiteRecipe, schemes: list[str]) -> None:
+def check_data(suite: cfg.SuiteRecipe) -> None:
     """Every local data file the sweep will read must exist before anything starts."""
     task_data = task_datasets(suite.tasks.names, suite.tasks.tasks_dir)  # checks the tasks in any case
     data_dir = resolve_data_dir(suite.data_dir)

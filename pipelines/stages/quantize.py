@@ -38,8 +38,11 @@ log = logging.getLogger(__name__)
 LAYER_ERROR_WINDOWS = 4
 
 
-def prepare(ctx: StageContext) -> tuple[Quantizer, Any]:
+def prepare(ctx: StageContext) -> tuple[Quantizer, Any, list[str]]:
     """Validate the scheme against the library, the hardware and the model; nothing is written.
+
+    Returns the quantizer, its parsed parameters and the layer names to keep in
+    high precision (the scheme's ignore patterns expanded).
 
     Raises QevalError (bad parameters, group size, ignore patterns) or
     UnsupportedHere (library missing, hardware cannot run it).
@@ -56,11 +59,11 @@ def prepare(ctx: StageContext) -> tuple[Quantizer, Any]:
         from pipelines.quantizers.prequantized import detect_format
 
         detect_format(ctx.recipe.scheme.source)
-        return quantizer, params
+        return quantizer, params, []
     shapes = base_layer_shapes(ctx.base_source, ctx.recipe.model.revision)
     ignored = match_ignore(ctx.recipe.scheme.ignore, sorted(shapes))
     quantizer.check_model(params, {n: s for n, s in shapes.items() if n not in ignored})
-    return quantizer, params
+    return quantizer, params, ignored
 
 
 def base_layer_shapes(source: str, revision: str | None) -> dict[str, tuple[int, int]]:
@@ -122,20 +125,18 @@ class PeakRSS:
 
 
 def run(ctx: StageContext) -> str:
-    quantizer, params = prepare(ctx)
+    quantizer, params, ignored = prepare(ctx)
     key = quantize_key(ctx.recipe, quantizer.needs_calibration)
-    return run_stage(ctx, "quantize", key, lambda: _quantize(ctx, quantizer, params))
+    return run_stage(ctx, "quantize", key, lambda: _quantize(ctx, quantizer, params, ignored))
 
 
-def _quantize(ctx: StageContext, quantizer: Quantizer, params) -> tuple[list[Path], dict]:
+def _quantize(ctx: StageContext, quantizer: Quantizer, params, ignored: list[str]) -> tuple[list[Path], dict]:
     import torch
 
     recipe, device = ctx.recipe, ctx.device
     prequantized = quantizer.key == "prequantized"
     source = recipe.scheme.source if prequantized else ctx.base_source
     tokenizer = models.load_tokenizer(ctx.base_source, recipe.model.revision)
-    shapes = {} if prequantized else base_layer_shapes(source, recipe.model.revision)
-    ignored = [] if prequantized else match_ignore(recipe.scheme.ignore, sorted(shapes))
     # Calibrating schemes need the windows; the others use a few of them for the
     # per-layer error report. The baseline and prequantized checkpoints have none.
     measure_errors = quantizer.key not in ("baseline", "prequantized")
