@@ -91,6 +91,20 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def dataset_fingerprint(name: str, data_dir: Path | None) -> str:
+    """What identifies a dataset's content, for cache keys: the sha256 of its local files, or its Hub id.
+
+    Keys use this instead of the data directory's path, so moving the data to
+    another folder with the same content reruns nothing, and an edited file
+    reruns what read it.
+    """
+    s = spec(name)
+    if data_dir is None:
+        return f"hub:{s.hub_path}/{s.hub_name or ''}/{s.hub_split}/{s.hub_data_files or ''}"
+    files = [_local_path(name, data_dir, rel) for rel in filter(None, (s.local_file, s.labels_file))]
+    return "+".join(sha256_file(p) for p in files)
+
+
 def _local_path(name: str, data_dir: Path, rel: str) -> Path:
     path = data_dir / rel
     if not path.is_file():

@@ -17,37 +17,13 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from evals.results import PerplexityResult
 
 
 class PerplexityError(ValueError):
     """The protocol cannot be applied (window too long, text too short)."""
-
-
-@dataclass(frozen=True)
-class PerplexityResult:
-    dataset: str
-    source: dict[str, Any]
-    protocol: str
-    seq_len: int
-    stride: int
-    n_windows: int
-    n_tokens: int
-    token_ids_sha256: str
-    ppl: float
-    word_ppl: float
-    bits_per_byte: float
-    nll_sum: float
-    n_words: int
-    n_bytes: int
-    dtype: str
-    device: str
-    window_nll: list[float] = field(default_factory=list)
-    window_tokens: list[int] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def windows_for(n_ids: int, protocol: str, seq_len: int, stride: int | None) -> list[tuple[int, int, int]]:

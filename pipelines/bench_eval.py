@@ -11,7 +11,8 @@ import time
 
 from evals.data import perplexity_text, resolve_data_dir
 from evals.perplexity import compute_perplexity
-from pipelines import models
+from pipelines.quantizers import loading
+from pipelines.recipes import models
 
 
 def bench_eval(model_name: str, *, seq_len: int = 512, n_windows: int = 16, batch_size: int = 4,
@@ -20,9 +21,9 @@ def bench_eval(model_name: str, *, seq_len: int = 512, n_windows: int = 16, batc
 
     recipe = models.resolve_model(model_name)
     source = models.source_path(recipe)
-    device = models.resolve_device("auto")
-    tokenizer = models.load_tokenizer(source, recipe.revision)
-    model = models.load_dense(source, recipe.dtype, device, revision=recipe.revision, stage="bench-eval")
+    device = loading.resolve_device("auto")
+    tokenizer = loading.load_tokenizer(source, recipe.revision)
+    model = loading.load_dense(source, recipe.dtype, device, revision=recipe.revision, stage="bench-eval")
     text, _ = perplexity_text("wikitext2", resolve_data_dir(None))
 
     def stage() -> float:
@@ -53,5 +54,5 @@ def bench_eval(model_name: str, *, seq_len: int = 512, n_windows: int = 16, batc
         f"  perplexity stage : {stage_s:7.2f} s  {tokens / stage_s:8.0f} tok/s  (tokenization included)\n"
         f"  bare forward     : {bare_s:7.2f} s  {tokens / bare_s:8.0f} tok/s\n"
         f"  ratio bare/stage : {bare_s / stage_s:.3f}  (goal >= 0.9)\n"
-        f"  model loads      : {sum(models.LOAD_COUNTS.values())}"
+        f"  model loads      : {sum(loading.LOAD_COUNTS.values())}"
     )

@@ -6,10 +6,11 @@ Exit codes: 0 all pass, 1 a gate or stage failed, 2 bad input, 3 inconclusive.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Sequence
+
+from pipelines.logconfig import configure_logging
 
 BAD_INPUT = 2
 
@@ -102,8 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _options(args: argparse.Namespace, schemes: list[str] | None):
-    from pipelines.config import parse_set_overrides
-    from pipelines.sweep import SweepOptions
+    from pipelines.execution.plan import SweepOptions
+    from pipelines.recipes import parse_set_overrides
 
     return SweepOptions(
         model=args.model, schemes=schemes, suite=args.suite, tasks=args.tasks, limit=args.limit,
@@ -115,7 +116,7 @@ def _options(args: argparse.Namespace, schemes: list[str] | None):
 
 
 def cmd_run(args) -> int:
-    from pipelines.runner import run_sweeps
+    from pipelines.execution.runner import run_sweeps
 
     # MODEL=a,b runs one sweep per model; under Ray their schemes run in parallel.
     options = []
@@ -137,8 +138,8 @@ def worst_exit_code(codes: list[int]) -> int:
 
 
 def cmd_stage(args) -> int:
-    from pipelines.executors import run_stages_in_process
-    from pipelines.sweep import plan, write_plan
+    from pipelines.execution.local import run_stages_in_process
+    from pipelines.execution.plan import plan, write_plan
 
     opts = _options(args, [args.scheme])
     p = plan(opts)
@@ -148,9 +149,9 @@ def cmd_stage(args) -> int:
 
 
 def cmd_signoff(args) -> int:
-    from pipelines.models import resolve_model
+    from pipelines.execution.runner import signoff_table
+    from pipelines.recipes.models import resolve_model
     from pipelines.rundir import model_dir, read_json
-    from pipelines.runner import signoff_table
     from pipelines.stages import signoff
 
     model = resolve_model(args.model).name
@@ -178,7 +179,7 @@ def cmd_signoff(args) -> int:
 
 def cmd_track(args) -> int:
     from pipelines import tracking
-    from pipelines.models import resolve_model
+    from pipelines.recipes.models import resolve_model
     from pipelines.rundir import model_dir, read_json
 
     model = resolve_model(args.model).name
@@ -190,7 +191,7 @@ def cmd_track(args) -> int:
 
 def cmd_compare(args) -> int:
     from pipelines import tracking
-    from pipelines.models import resolve_model
+    from pipelines.recipes.models import resolve_model
 
     model = resolve_model(args.model).name
     rows = tracking.compare(model, sweep_id=args.sweep, experiment=args.experiment)
@@ -207,7 +208,7 @@ def cmd_sync(args) -> int:
 
 
 def cmd_prepare(_args) -> int:
-    from pipelines import default_model
+    from pipelines.recipes import embedded as default_model
 
     print(default_model.prepare())
     return 0
@@ -221,7 +222,7 @@ def cmd_bench_eval(args) -> int:
 
 
 def cmd_worker(args) -> int:
-    from pipelines.executors import run_stages_in_process
+    from pipelines.execution.local import run_stages_in_process
 
     return run_stages_in_process(args.model, args.scheme, tuple(args.stages), force=args.force,
                                  quiet=args.quiet, profile=args.profile)
@@ -232,23 +233,6 @@ COMMANDS = {
     "signoff": cmd_signoff, "track": cmd_track, "compare": cmd_compare, "sync": cmd_sync,
     "prepare": cmd_prepare, "bench-eval": cmd_bench_eval, "worker": cmd_worker,
 }
-
-
-def configure_logging(quiet: bool) -> None:
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    # Libraries are chatty at INFO; keep their warnings only.
-    for noisy in ("httpx", "urllib3", "gptqmodel", "llmcompressor", "transformers", "datasets", "lm_eval",
-                  "alembic", "mlflow"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    # torchao warns at import about CUDA-only kernels it cannot load on a CPU, and
-    # torch about deprecated pytree registrations inside torchao: not actionable here.
-    for noisy in ("torchao", "torch.utils._pytree"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
-    if quiet:
-        # Progress bars of every library (tqdm, the Hub, transformers' loading bars).
-        os.environ["TQDM_DISABLE"] = "1"
-        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -97,7 +97,7 @@ def recipes(tmp_path, monkeypatch) -> Path:
     """An editable copy of the recipes, used by the pipeline for this test."""
     import shutil
 
-    from pipelines import config
+    from pipelines.recipes import resolve as config
 
     copy = tmp_path / "recipes"
     shutil.copytree(config.RECIPES_DIR, copy)

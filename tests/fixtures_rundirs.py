@@ -152,7 +152,7 @@ def write_run_tree(runs_dir: Path, model: str = MODEL, schemes: tuple[str, ...] 
         "started_at": now - 100, "finished_at": now,
     })
     if signoff:
-        # the shape pipelines.gates.signoff writes
+        # the shape pipelines.signoff.gates.signoff writes
         verdicts = {s: "PASS" if s != "gptq-w4g128" else "FAIL" for s in schemes if s != "baseline"}
         _write_json(model_root / "signoff.json", {
             "overall": "FAIL", "exit_code": 1, "verdicts": {"baseline": "BASELINE", **verdicts},

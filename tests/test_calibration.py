@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from transformers import AutoTokenizer
 
-from evals.calibration import build_calibration
 from evals.data import DataError, perplexity_text
+from pipelines.quantizers.calibration import build_calibration
 
 
 @pytest.fixture(scope="module")

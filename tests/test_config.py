@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines import config
+from pipelines import recipes as config
 from pipelines.errors import QevalError
-from pipelines.models import resolve_model
+from pipelines.recipes.models import resolve_model
 
 
 def test_every_shipped_recipe_validates():

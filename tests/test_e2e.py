@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from helpers import REPO_ROOT, MlflowServer, run_qeval
 
-from pipelines.config import available, load_scheme
+from pipelines.recipes import available, load_scheme
 
 pytestmark = pytest.mark.slow
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from pipelines import gates as g
 from pipelines.errors import QevalError
+from pipelines.signoff import gates as g
 
 
 def _rows(scores, *, with_norm: bool = True, ids=None) -> list[dict]:

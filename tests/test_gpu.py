@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.executors import run_stages_in_process
+from pipelines.execution.local import run_stages_in_process
+from pipelines.execution.plan import SweepOptions, plan, write_plan
 from pipelines.rundir import read_json, scheme_dir
-from pipelines.sweep import SweepOptions, plan, write_plan
 
 pytestmark = pytest.mark.gpu
 

@@ -6,9 +6,9 @@ import csv
 
 import yaml
 
-from pipelines.executors import run_stages_in_process
+from pipelines.execution.local import run_stages_in_process
+from pipelines.execution.plan import SweepOptions, plan, write_plan
 from pipelines.rundir import read_json, scheme_dir
-from pipelines.sweep import SweepOptions, plan, write_plan
 
 LAYER = "model.layers.0.mlp.down_proj"
 

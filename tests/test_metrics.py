@@ -8,7 +8,8 @@ import shutil
 import pytest
 from fixtures_rundirs import MODEL, NUMBERS, SCHEMES, write_run_tree
 
-from pipelines.metrics import (
+from pipelines.rundir import scheme_dir
+from pipelines.signoff.metrics import (
     GIB,
     METRIC_NAMES,
     metric_table_markdown,
@@ -17,7 +18,6 @@ from pipelines.metrics import (
     scheme_metrics,
     sweep_rows,
 )
-from pipelines.rundir import scheme_dir
 
 
 @pytest.fixture

@@ -9,10 +9,10 @@ from __future__ import annotations
 import pytest
 from helpers import reload_in_fresh_process
 
-from pipelines.executors import run_stages_in_process
+from pipelines.execution.local import run_stages_in_process
+from pipelines.execution.plan import SweepOptions, plan, write_plan
 from pipelines.quantizers import REGISTRY, get_quantizer
 from pipelines.rundir import read_json, scheme_dir
-from pipelines.sweep import SweepOptions, plan, write_plan
 
 TINY_OVERRIDES = {
     "calibration": {"n_samples": 4, "seq_len": 64},
@@ -38,7 +38,7 @@ def tiny_runs(tmp_path_factory, tiny_llama_dir):
 
 
 def test_every_registered_quantizer_has_a_scheme_recipe():
-    from pipelines.config import available, load_scheme
+    from pipelines.recipes import available, load_scheme
 
     used = {load_scheme(name).quantizer for name in available("schemes")}
     assert set(REGISTRY) == used

@@ -21,10 +21,10 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from pipelines.executors import WORKER_BAD_INPUT, WORKER_FAILED, WORKER_OK, run_local  # noqa: E402
-from pipelines.ray_executor import Cluster, estimate_params, run_ray, task_resources  # noqa: E402
+from pipelines.execution.local import WORKER_BAD_INPUT, WORKER_FAILED, WORKER_OK, run_local  # noqa: E402
+from pipelines.execution.plan import SweepOptions, plan, write_plan  # noqa: E402
+from pipelines.execution.ray import Cluster, estimate_params, run_ray, task_resources  # noqa: E402
 from pipelines.rundir import Manifest, model_dir, read_json, scheme_dir  # noqa: E402
-from pipelines.sweep import SweepOptions, plan, write_plan  # noqa: E402
 
 FLAGS = dict(force=False, quiet=True, profile=False)
 TINY_OVERRIDES = {
@@ -88,7 +88,7 @@ def test_parameter_estimate_matches_the_instantiated_model(tiny_llama_dir):
 
 
 def test_resources_follow_the_recipe_and_the_cluster(tiny_llama_dir, tmp_path, monkeypatch):
-    from pipelines.config import ResolvedRecipe
+    from pipelines.recipes import ResolvedRecipe
 
     model, _ = planned_jobs(tiny_llama_dir, tmp_path / "runs", monkeypatch, ["baseline"])[0]
     recipe = ResolvedRecipe.from_yaml(scheme_dir(model, "baseline").recipe_path)
@@ -218,7 +218,7 @@ def test_a_killed_task_fails_only_its_scheme_and_a_rerun_completes_it(tiny_llama
     assert set(stage_statuses(model, "baseline").values()) == {"done"}
     baseline_before = Manifest(scheme_dir(model, "baseline")).data["stages"]
 
-    caplog.set_level(logging.INFO, logger="pipelines.ray_executor")
+    caplog.set_level(logging.INFO, logger="pipelines.execution.ray")
     codes = run_ray(jobs, **FLAGS)
 
     assert codes == {job: WORKER_OK for job in jobs}
@@ -296,7 +296,7 @@ def ray_head(monkeypatch):
 
 RUN_RAY_SCRIPT = r"""
 import json, sys
-from pipelines.ray_executor import run_ray
+from pipelines.execution.ray import run_ray
 jobs = [tuple(job) for job in json.loads(sys.argv[1])]
 codes = run_ray(jobs, force=False, quiet=True, profile=False)
 print(json.dumps([[*job, code] for job, code in codes.items()]))

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines import gates as g
-from pipelines import report
+from pipelines.signoff import gates as g
+from pipelines.signoff import report
 
 CHROMIUM = Path("/usr/bin/chromium")
 HOSTILE = '<script>alert("x")</script> & | pipe'

@@ -17,9 +17,9 @@ from fixtures_rundirs import (
 )
 
 from pipelines import tracking
-from pipelines.metrics import relative_metrics, scheme_metrics
-from pipelines.plots import pareto_frontier, write_sweep_plots
 from pipelines.rundir import Manifest, model_dir, read_json, scheme_dir, write_json_atomic
+from pipelines.signoff.metrics import relative_metrics, scheme_metrics
+from pipelines.signoff.plots import pareto_frontier, write_sweep_plots
 
 HUB_TOKEN = "hf_recipe_secret_0123456789"
 ENV_TOKEN = "hf_env_secret_abcdefghij"
@@ -279,7 +279,7 @@ def test_sync_uploads_only_unsynced_sweeps(store):
 
 
 def test_write_sweep_plots(store):
-    from pipelines.metrics import sweep_rows
+    from pipelines.signoff.metrics import sweep_rows
 
     paths = write_sweep_plots(model_dir(MODEL), sweep_rows(MODEL, SCHEMES))
     assert set(paths) == {"ppl_vs_weights", "acc_vs_decode", "recovery"}

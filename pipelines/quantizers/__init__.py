@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import importlib
 
-from pipelines.config import unknown_name_message
 from pipelines.errors import QevalError
 from pipelines.quantizers.base import Quantizer
+from pipelines.recipes.resolve import unknown_name_message
 
 REGISTRY: dict[str, str] = {
     "baseline": "pipelines.quantizers.baseline:BaselineQuantizer",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 from pipelines.errors import QevalError
-from pipelines.quantizers import _gptqmodel
+from pipelines.quantizers.backends import gptqmodel as _gptqmodel
 from pipelines.quantizers.base import (
     Params,
     QuantizeOutcome,

@@ -37,7 +37,7 @@ class QuantizeRequest:
     device: str  # "cpu" or "cuda"
     params: Any  # the quantizer's validated Params
     ignore: list[str]  # exact module names to keep in high precision
-    calibration: Any | None  # evals.calibration.CalibrationSet for calibrating schemes
+    calibration: Any | None  # pipelines.quantizers.calibration.CalibrationSet for calibrating schemes
     out_dir: Path  # save the checkpoint (and tokenizer) here
     n_gpus: int = 1
 
@@ -75,7 +75,7 @@ class Quantizer:
             ) from exc
 
     def parse_params(self, raw: dict[str, Any], where: str) -> Params:
-        from pipelines.config import validate
+        from pipelines.recipes import validate
 
         return validate(self.ParamsModel, raw, where)
 
@@ -93,7 +93,7 @@ class Quantizer:
         """Load a checkpoint this quantizer wrote; default: plain transformers."""
         from transformers import AutoModelForCausalLM
 
-        from pipelines.models import device_map_for, torch_dtype
+        from pipelines.quantizers.loading import device_map_for, torch_dtype
 
         model = AutoModelForCausalLM.from_pretrained(
             checkpoint, dtype=torch_dtype(dtype), device_map=device_map_for(device, n_gpus)
@@ -141,6 +141,6 @@ def match_ignore(patterns: list[str], names: list[str], *, allow_unmatched: tupl
 
 
 def save_tokenizer(source: str, out_dir: Path, revision: str | None = None) -> None:
-    from pipelines.models import load_tokenizer
+    from pipelines.quantizers.loading import load_tokenizer
 
     load_tokenizer(source, revision).save_pretrained(out_dir)

@@ -11,7 +11,7 @@ class BaselineQuantizer(Quantizer):
     stores_compressed = False
 
     def quantize(self, request: QuantizeRequest) -> QuantizeOutcome:
-        from pipelines.models import SOURCE_LOAD, load_dense
+        from pipelines.quantizers.loading import SOURCE_LOAD, load_dense
 
         model = load_dense(request.source, request.dtype, "cpu", revision=request.revision, stage=SOURCE_LOAD)
         model.save_pretrained(request.out_dir)

@@ -25,7 +25,12 @@ class FP8Quantizer(Quantizer):
         from torchao.quantization import Float8WeightOnlyConfig
         from transformers import AutoModelForCausalLM, TorchAoConfig
 
-        from pipelines.models import SOURCE_LOAD, count_load, device_map_for, torch_dtype
+        from pipelines.quantizers.loading import (
+            SOURCE_LOAD,
+            count_load,
+            device_map_for,
+            torch_dtype,
+        )
 
         config = TorchAoConfig(Float8WeightOnlyConfig(), modules_to_not_convert=list(request.ignore) or None)
         count_load(SOURCE_LOAD)
@@ -42,6 +47,6 @@ class FP8Quantizer(Quantizer):
     def load(self, checkpoint, device, dtype, n_gpus=1):
         from transformers import AutoModelForCausalLM
 
-        from pipelines.models import device_map_for
+        from pipelines.quantizers.loading import device_map_for
 
         return AutoModelForCausalLM.from_pretrained(checkpoint, device_map=device_map_for(device, n_gpus)).eval()

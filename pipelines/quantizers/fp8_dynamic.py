@@ -7,7 +7,7 @@ and the emulated variant to use for costs is torchao's weight-only ``fp8``.
 
 from __future__ import annotations
 
-from pipelines.quantizers import _llmcompressor
+from pipelines.quantizers.backends import llmcompressor as _llmcompressor
 from pipelines.quantizers.base import Params, QuantizeOutcome, Quantizer, QuantizeRequest
 
 

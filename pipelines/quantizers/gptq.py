@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from pipelines.errors import QevalError
-from pipelines.quantizers import _gptqmodel
+from pipelines.quantizers.backends import gptqmodel as _gptqmodel
 from pipelines.quantizers.base import (
     Params,
     QuantizeOutcome,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from pipelines.quantizers import _bnb
+from pipelines.quantizers.backends import bnb as _bnb
 from pipelines.quantizers.base import Params, QuantizeOutcome, Quantizer, QuantizeRequest
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from pipelines.quantizers import _llmcompressor
+from pipelines.quantizers.backends import llmcompressor as _llmcompressor
 from pipelines.quantizers.base import Params, QuantizeOutcome, Quantizer, QuantizeRequest
 
 

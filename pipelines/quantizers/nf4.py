@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pipelines.quantizers import _bnb
+from pipelines.quantizers.backends import bnb as _bnb
 from pipelines.quantizers.base import Params, QuantizeOutcome, Quantizer, QuantizeRequest
 
 
@@ -26,7 +26,7 @@ class NF4Quantizer(Quantizer):
     def quantize(self, request: QuantizeRequest) -> QuantizeOutcome:
         from transformers import BitsAndBytesConfig
 
-        from pipelines.models import torch_dtype
+        from pipelines.quantizers.loading import torch_dtype
 
         p: NF4Params = request.params
         config = BitsAndBytesConfig(

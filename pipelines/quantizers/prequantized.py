@@ -64,11 +64,11 @@ class PrequantizedQuantizer(Quantizer):
         return QuantizeOutcome(backend=f"transformers ({fmt})", format=fmt, emulated=emulated)
 
     def load(self, checkpoint, device, dtype, n_gpus=1):
-        from pipelines.quantizers import _gptqmodel
+        from pipelines.quantizers.backends import gptqmodel as _gptqmodel
 
         _gptqmodel.prepare_environment()
         from transformers import AutoModelForCausalLM
 
-        from pipelines.models import device_map_for
+        from pipelines.quantizers.loading import device_map_for
 
         return AutoModelForCausalLM.from_pretrained(checkpoint, device_map=device_map_for(device, n_gpus)).eval()

@@ -11,9 +11,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from pipelines import models
 from pipelines.environment import hardware, library_versions
-from pipelines.quantizers import get_quantizer
+from pipelines.quantizers import get_quantizer, loading
 from pipelines.rundir import Manifest, read_json, runs_root, stable_hash, write_json_atomic
 from pipelines.stages.common import StageContext, run_stage
 
@@ -46,10 +45,10 @@ def _benchmark(ctx: StageContext) -> tuple[list[Path], dict]:
     quantizer = get_quantizer(recipe.scheme.quantizer)
     qinfo = read_json(ctx.sdir.quantize_json)
     reset_peak_memory(device)
-    models.count_load("benchmark")
+    loading.count_load("benchmark")
     model = quantizer.load(ctx.checkpoint(), device, recipe.model.dtype, recipe.model.n_gpus)
     checkpoint = Path(ctx.checkpoint())
-    tokenizer = models.load_tokenizer(ctx.base_source, recipe.model.revision)
+    tokenizer = loading.load_tokenizer(ctx.base_source, recipe.model.revision)
 
     speed = measure_speed(
         model, tokenizer, batch_sizes=tuple(bench.batch_sizes), prompt_lens=tuple(bench.prompt_lens),

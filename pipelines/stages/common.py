@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines import models
-from pipelines.config import ResolvedRecipe
 from pipelines.environment import library_versions
 from pipelines.errors import QevalError, UnsupportedHere
+from pipelines.quantizers import loading
+from pipelines.recipes import ResolvedRecipe, models
 from pipelines.rundir import Manifest, SchemeDir, read_json, scheme_dir, stable_hash
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ class StageContext:
 
     @property
     def device(self) -> str:
-        return models.resolve_device(self.recipe.device)
+        return loading.resolve_device(self.recipe.device)
 
     @property
     def base_source(self) -> str:
@@ -96,7 +96,7 @@ def run_stage(ctx: StageContext, name: str, key: str, body: Callable[[], tuple[l
         log.info("%s/%s: %s is up to date (key %s), skipping", ctx.model, ctx.scheme, name, key)
         return "cached"
     manifest.start(name, key)
-    loads_before = dict(models.LOAD_COUNTS)
+    loads_before = dict(loading.LOAD_COUNTS)
     start = time.perf_counter()
     try:
         outputs, extra = body()
@@ -111,6 +111,6 @@ def run_stage(ctx: StageContext, name: str, key: str, body: Callable[[], tuple[l
         log.error("%s/%s: %s failed: %s", ctx.model, ctx.scheme, name, exc)
         manifest.fail(name, f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}")
         return "failed"
-    loads = {k: v - loads_before.get(k, 0) for k, v in models.LOAD_COUNTS.items() if v != loads_before.get(k, 0)}
+    loads = {k: v - loads_before.get(k, 0) for k, v in loading.LOAD_COUNTS.items() if v != loads_before.get(k, 0)}
     manifest.finish(name, outputs, time.perf_counter() - start, model_loads=loads, **extra)
     return "done"

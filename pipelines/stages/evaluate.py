@@ -10,9 +10,9 @@ from pathlib import Path
 
 from evals.data import perplexity_text, resolve_data_dir
 from evals.perplexity import compute_perplexity
-from pipelines import models
 from pipelines.environment import library_versions
-from pipelines.quantizers import get_quantizer
+from pipelines.quantizers import get_quantizer, loading
+from pipelines.recipes import models
 from pipelines.rundir import Manifest, stable_hash, write_json_atomic
 from pipelines.stages.common import StageContext, run_stage
 
@@ -47,8 +47,8 @@ def _evaluate(ctx: StageContext) -> tuple[list[Path], dict]:
     recipe, device = ctx.recipe, ctx.device
     quantizer = get_quantizer(recipe.scheme.quantizer)
     data_dir = resolve_data_dir(recipe.data_dir)
-    tokenizer = models.load_tokenizer(ctx.base_source, recipe.model.revision)
-    models.count_load("evaluate")
+    tokenizer = loading.load_tokenizer(ctx.base_source, recipe.model.revision)
+    loading.count_load("evaluate")
     model = quantizer.load(ctx.checkpoint(), device, recipe.model.dtype, recipe.model.n_gpus)
     context = models.max_context(model.config, recipe.model)
     outputs: list[Path] = []

@@ -13,14 +13,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from evals import layer_errors
-from evals.calibration import CalibrationSet, build_calibration
 from evals.data import resolve_data_dir
-from pipelines import models
 from pipelines.environment import library_version
 from pipelines.errors import QevalError
-from pipelines.quantizers import get_quantizer
+from pipelines.quantizers import get_quantizer, layer_errors, loading
 from pipelines.quantizers.base import Quantizer, QuantizeRequest, match_ignore
+from pipelines.quantizers.calibration import CalibrationSet, build_calibration
 from pipelines.rundir import (
     atomic_directory,
     dir_bytes,
@@ -136,7 +134,7 @@ def _quantize(ctx: StageContext, quantizer: Quantizer, params, ignored: list[str
     recipe, device = ctx.recipe, ctx.device
     prequantized = quantizer.key == "prequantized"
     source = recipe.scheme.source if prequantized else ctx.base_source
-    tokenizer = models.load_tokenizer(ctx.base_source, recipe.model.revision)
+    tokenizer = loading.load_tokenizer(ctx.base_source, recipe.model.revision)
     # Calibrating schemes need the windows; the others use a few of them for the
     # per-layer error report. The baseline and prequantized checkpoints have none.
     measure_errors = quantizer.key not in ("baseline", "prequantized")
@@ -167,9 +165,9 @@ def _quantize(ctx: StageContext, quantizer: Quantizer, params, ignored: list[str
     errors: list[layer_errors.LayerError] = []
     kernels: dict[str, int] = {}
     if measure_errors:
-        base = models.load_dense(ctx.base_source, recipe.model.dtype, device, revision=recipe.model.revision,
-                                 n_gpus=recipe.model.n_gpus, stage=models.REFERENCE_LOAD)
-        models.count_load("quantize")
+        base = loading.load_dense(ctx.base_source, recipe.model.dtype, device, revision=recipe.model.revision,
+                                 n_gpus=recipe.model.n_gpus, stage=loading.REFERENCE_LOAD)
+        loading.count_load("quantize")
         quant = quantizer.load(checkpoint, device, recipe.model.dtype, recipe.model.n_gpus)
         kernels = _linear_kernels(quant)
         windows = calib.windows if quantizer.needs_calibration else calib.windows[:LAYER_ERROR_WINDOWS]

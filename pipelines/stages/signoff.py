@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from evals.data import read_jsonl
-from pipelines import gates as gates_mod
-from pipelines.config import ResolvedRecipe
 from pipelines.environment import git_commit, hardware, library_versions
 from pipelines.errors import QevalError
+from pipelines.recipes import ResolvedRecipe
 from pipelines.rundir import (
     Manifest,
     model_dir,
@@ -25,6 +24,7 @@ from pipelines.rundir import (
     write_json_atomic,
     write_text_atomic,
 )
+from pipelines.signoff import gates as gates_mod
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ def run(model: str, schemes: list[str], *, only: list[str] | None = None) -> dic
 
 
 def write_report(model: str, result: dict, recipe: ResolvedRecipe, schemes: list[str]) -> None:
-    from pipelines.report import render_html, render_markdown
+    from pipelines.signoff.report import render_html, render_markdown
 
     mdir = model_dir(model)
     context = {
@@ -162,7 +162,7 @@ def write_report(model: str, result: dict, recipe: ResolvedRecipe, schemes: list
 
 def _pareto_plot(model: str, schemes: list[str]) -> Path | None:
     """The perplexity-vs-weights Pareto plot, drawn from the run directories."""
-    from pipelines.metrics import sweep_rows
-    from pipelines.plots import write_sweep_plots
+    from pipelines.signoff.metrics import sweep_rows
+    from pipelines.signoff.plots import write_sweep_plots
 
     return write_sweep_plots(model_dir(model), sweep_rows(model, schemes)).get("ppl_vs_weights")

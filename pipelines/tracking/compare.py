@@ -10,8 +10,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pipelines.metrics import BASELINE_SCHEME, relative_metrics
-from pipelines.tracking_params import KIND_TAG
+from pipelines.signoff.metrics import BASELINE_SCHEME, relative_metrics
+from pipelines.tracking.params import KIND_TAG
 
 
 def _present(value: Any) -> bool:

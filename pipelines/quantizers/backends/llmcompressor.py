@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 def run(request: QuantizeRequest, recipe: list, *, scheme_label: str, emulated: bool) -> QuantizeOutcome:
     from llmcompressor import oneshot
 
-    from pipelines.models import SOURCE_LOAD, load_dense
+    from pipelines.quantizers.loading import SOURCE_LOAD, load_dense
 
     model = load_dense(request.source, request.dtype, request.device, revision=request.revision,
                        n_gpus=request.n_gpus, stage=SOURCE_LOAD)

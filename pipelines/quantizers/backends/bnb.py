@@ -25,7 +25,7 @@ def check_backend(device: str) -> None:
 def quantize_and_save(request: QuantizeRequest, bnb_config) -> None:
     from transformers import AutoModelForCausalLM
 
-    from pipelines.models import SOURCE_LOAD, count_load, device_map_for, torch_dtype
+    from pipelines.quantizers.loading import SOURCE_LOAD, count_load, device_map_for, torch_dtype
 
     count_load(SOURCE_LOAD)
     model = AutoModelForCausalLM.from_pretrained(
@@ -39,6 +39,6 @@ def quantize_and_save(request: QuantizeRequest, bnb_config) -> None:
 def load(checkpoint: str, device: str, n_gpus: int):
     from transformers import AutoModelForCausalLM
 
-    from pipelines.models import device_map_for
+    from pipelines.quantizers.loading import device_map_for
 
     return AutoModelForCausalLM.from_pretrained(checkpoint, device_map=device_map_for(device, n_gpus)).eval()

@@ -1,7 +1,7 @@
 """The ``ray`` executor: a sweep's stage groups as Ray tasks, in parallel on one machine or a cluster.
 
 The same stage functions run as under the ``local`` executor: each task calls
-:func:`pipelines.executors.run_stages_in_process` for one stage group of one
+:func:`pipelines.execution.local.run_stages_in_process` for one stage group of one
 scheme (quantize+evaluate, then benchmark), in a fresh worker process
 (``max_calls=1``), so peak RSS, caches and a native crash stay per task, as
 with the local executor's subprocesses.
@@ -67,7 +67,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from pipelines.executors import (
+from pipelines.execution.local import (
     STAGE_GROUPS,
     WORKER_BAD_INPUT,
     WORKER_FAILED,
@@ -148,7 +148,7 @@ def estimate_memory_gib(recipe) -> float | None:
     """Host memory one stage of this model needs: weights x 1.5 + 2 GiB; None if the config is unreadable."""
     from transformers import AutoConfig
 
-    from pipelines.models import source_path
+    from pipelines.recipes.models import source_path
 
     model = recipe.model
     try:
@@ -199,9 +199,9 @@ def run_group_task(model: str, scheme: str, stages: tuple[str, ...], force: bool
     import ray
 
     from evals.data import DataError
-    from pipelines.cli import configure_logging
     from pipelines.errors import QevalError
-    from pipelines.executors import run_stages_in_process
+    from pipelines.execution.local import run_stages_in_process
+    from pipelines.logconfig import configure_logging
 
     configure_logging(quiet)
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
@@ -283,7 +283,7 @@ class Scheduler:
     def __init__(self, jobs: list[Job], flags: dict[str, bool]):
         import ray
 
-        from pipelines.config import ResolvedRecipe
+        from pipelines.recipes import ResolvedRecipe
         from pipelines.rundir import scheme_dir
 
         self.flags = flags

@@ -7,9 +7,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipelines.executors import WORKER_BAD_INPUT, run_local
+from pipelines.execution.local import WORKER_BAD_INPUT, run_local
+from pipelines.execution.plan import PER_SCHEME_STAGES, SweepOptions, plan, write_plan
 from pipelines.rundir import Manifest, model_dir, read_json, scheme_dir, write_json_atomic
-from pipelines.sweep import PER_SCHEME_STAGES, SweepOptions, plan, write_plan
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def run_sweeps(options: list[SweepOptions]) -> list[SweepResult]:
     jobs = [(p.model, s) for p in plans for s in p.recipes if s not in p.skipped]
     flags = dict(force=opts0.force, quiet=opts0.quiet, profile=opts0.profile)
     if opts0.executor == "ray":
-        from pipelines.ray_executor import run_ray
+        from pipelines.execution.ray import run_ray
 
         codes = run_ray(jobs, **flags)
     else:

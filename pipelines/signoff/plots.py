@@ -1,7 +1,7 @@
 """Sweep plots: quality/cost Pareto fronts and per-task accuracy recovery.
 
 Rows are dicts with a ``scheme`` key and the metric names of
-``pipelines.metrics`` (the rows of ``metrics.sweep_rows`` or of
+``pipelines.signoff.metrics`` (the rows of ``metrics.sweep_rows`` or of
 ``tracking.compare``). Figures are drawn with matplotlib's object API on the
 Agg canvas, so nothing here needs a display or touches pyplot's global state.
 """
@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipelines.metrics import BASELINE_SCHEME
+from pipelines.signoff.metrics import BASELINE_SCHEME
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Recipes: pydantic models (unknown keys are errors), loading, merging and resolution.
+"""Recipe schema: pydantic models of model, scheme and suite recipes (unknown keys are errors).
 
 A run is described by three YAML files and the command line:
 
@@ -13,18 +13,11 @@ into the run directory and hashed into stage keys.
 
 from __future__ import annotations
 
-import difflib
-import os
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
-from pipelines.errors import QevalError
-from pipelines.rundir import PROJECT_ROOT
-
-RECIPES_DIR = Path(os.environ.get("QEVAL_RECIPES_DIR", PROJECT_ROOT / "recipes"))
+from pydantic import BaseModel, ConfigDict, Field
 
 DType = Literal["float32", "bfloat16", "float16"]
 
@@ -160,131 +153,3 @@ class ResolvedRecipe(Strict):
     @classmethod
     def from_yaml(cls, path: Path) -> ResolvedRecipe:
         return cls.model_validate(yaml.safe_load(path.read_text()))
-
-
-def available(kind: str) -> list[str]:
-    """Names of the recipes of one kind (models, schemes, suites)."""
-    return sorted(p.stem for p in (RECIPES_DIR / kind).glob("*.yaml"))
-
-
-def unknown_name_message(kind: str, name: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(name, choices, n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    return f"Unknown {kind} {name!r}.{hint} Available: {', '.join(choices)}"
-
-
-def _load_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise QevalError(f"{path}: not valid YAML ({exc}). Fix the file's syntax.") from exc
-    if not isinstance(data, dict):
-        raise QevalError(f"{path}: expected a mapping at the top level")
-    return data
-
-
-def validate(model_cls: type[Strict], data: dict[str, Any], where: str) -> Any:
-    """Validate ``data`` and turn pydantic's error into one that names the file and the field."""
-    try:
-        return model_cls.model_validate(data)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            loc = ".".join(str(p) for p in err["loc"])
-            if err["type"] == "extra_forbidden":
-                allowed = _allowed_fields(model_cls, err["loc"][:-1])
-                close = difflib.get_close_matches(str(err["loc"][-1]), allowed, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                problems.append(f"unknown key {loc!r}{hint}; allowed: {', '.join(allowed)}")
-            else:
-                problems.append(f"{loc}: {err['msg']}")
-        raise QevalError(f"{where}: " + "; ".join(problems)) from exc
-
-
-def _allowed_fields(model_cls: type[BaseModel], loc: tuple) -> list[str]:
-    cls: Any = model_cls
-    for part in loc:
-        field = cls.model_fields.get(str(part)) if hasattr(cls, "model_fields") else None
-        if field is None:
-            return []
-        ann = field.annotation
-        candidates = [ann, *getattr(ann, "__args__", ())]
-        cls = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
-        if cls is None:
-            return []
-    return sorted(cls.model_fields)
-
-
-def load_recipe(kind: str, name: str) -> dict[str, Any]:
-    path = RECIPES_DIR / kind / f"{name}.yaml"
-    if not path.is_file():
-        raise QevalError(unknown_name_message(kind.rstrip("s"), name, available(kind)))
-    data = _load_yaml(path)
-    data.setdefault("name", name)
-    return data
-
-
-def load_suite(name: str) -> SuiteRecipe:
-    return validate(SuiteRecipe, load_recipe("suites", name), f"recipes/suites/{name}.yaml")
-
-
-def load_scheme(name: str) -> SchemeRecipe:
-    return validate(SchemeRecipe, load_recipe("schemes", name), f"recipes/schemes/{name}.yaml")
-
-
-def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def parse_set_overrides(items: list[str]) -> dict[str, Any]:
-    """Turn ``["perplexity.seq_len=512", ...]`` into a nested dict (values parsed as YAML)."""
-    result: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise QevalError(f"--set {item!r}: expected key=value, e.g. perplexity.seq_len=512")
-        key, raw = item.split("=", 1)
-        node = result
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(raw)
-    return result
-
-
-def _merge_calibration(*layers: CalibrationOverride) -> CalibrationConfig:
-    merged: dict[str, Any] = {}
-    for layer in layers:
-        merged.update(layer.model_dump(exclude_none=True))
-    return CalibrationConfig(**merged)
-
-
-def resolve(
-    model: ModelRecipe,
-    scheme_name: str,
-    suite: SuiteRecipe,
-) -> ResolvedRecipe:
-    """Merge model, scheme and suite into the recipe one scheme's stages run on."""
-    scheme = load_scheme(scheme_name)
-    params = deep_merge(scheme.params, model.scheme_overrides.get(scheme_name, {}))
-    scheme = scheme.model_copy(update={"params": params})
-    calibration = _merge_calibration(
-        scheme.calibration, suite.calibration, suite.calibration_per_scheme.get(scheme_name, CalibrationOverride())
-    )
-    return ResolvedRecipe(
-        model=model,
-        scheme=scheme,
-        suite=suite.name,
-        calibration=calibration,
-        perplexity=suite.perplexity,
-        tasks=suite.tasks,
-        benchmark=suite.benchmark,
-        gates=suite.gates,
-        data_dir=suite.data_dir,
-        device=suite.device,
-    )

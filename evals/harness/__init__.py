@@ -36,15 +36,15 @@ from typing import Any
 import yaml
 
 from evals import data as eval_data
-from evals.atomic import write_bytes_atomic
+from pipelines.rundir.atomic import write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
 TASK_PREFIX = "qeval_"
 DATA_PLACEHOLDER = "__QEVAL_TASK_DATA__"
 _PLACEHOLDER_RE = re.compile(re.escape(DATA_PLACEHOLDER) + r"/([A-Za-z0-9_.-]+?)\.jsonl")
-BUILTIN_TASKS_DIR = Path(__file__).resolve().parent / "tasks"
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+BUILTIN_TASKS_DIR = Path(__file__).resolve().parents[1] / "tasks"
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 RENDERED_DIR_NAME = "task_defs"
 # lm-eval's own defaults (lm_eval.utils DEFAULT_RANDOM_SEED / DEFAULT_OTHER_SEED), set explicitly
 # so a run is reproducible and equal to the `lm_eval` CLI's.

@@ -29,7 +29,7 @@ def run(request: QuantizeRequest, config, backend_name: str, fmt: str) -> Quanti
     from gptqmodel import BACKEND, GPTQModel
 
     backend = getattr(BACKEND, backend_name)
-    from pipelines.models import SOURCE_LOAD, count_load
+    from pipelines.quantizers.loading import SOURCE_LOAD, count_load
 
     count_load(SOURCE_LOAD)
     model = GPTQModel.load(request.source, config, device=request.device)

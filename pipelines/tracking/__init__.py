@@ -19,7 +19,7 @@ Layout in MLflow::
                                            backend, device, signoff, stage.<stage>, mlflow.parentRunId
         params: recipe.* (flattened recipe.yaml), quant.*, calibration.*, eval.*, bench.*,
                 lib.*, git_commit, hw.*
-        metrics: the names documented in pipelines.metrics
+        metrics: the names documented in pipelines.signoff.metrics
         inputs: calibration / evaluation datasets with their provenance
         artifacts: recipe.yaml, quantize/, eval/ (+ samples/), bench/ [, quantize/model/]
 """
@@ -38,25 +38,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipelines.compare_table import format_table, rows_from_runs
 from pipelines.errors import QevalError
-from pipelines.metrics import (
-    BASELINE_SCHEME,
-    relative_metrics,
-    sanitize_metric_name,
-    scheme_metrics,
-    sweep_rows,
-)
-
-# Re-exported: callers and tests read tracking.REDACTED.
-from pipelines.redaction import REDACTED as REDACTED
-from pipelines.redaction import (
-    env_secrets,
-    looks_like_credential,
-    redact_params,
-    redact_structure,
-    redact_text,
-)
 from pipelines.rundir import (
     PROJECT_ROOT,
     Manifest,
@@ -69,7 +51,15 @@ from pipelines.rundir import (
     stable_hash,
     write_json_atomic,
 )
-from pipelines.tracking_params import (
+from pipelines.signoff.metrics import (
+    BASELINE_SCHEME,
+    relative_metrics,
+    sanitize_metric_name,
+    scheme_metrics,
+    sweep_rows,
+)
+from pipelines.tracking.compare import format_table, rows_from_runs
+from pipelines.tracking.params import (
     KIND_TAG,
     dataset_uses,
     environment_params,
@@ -79,6 +69,16 @@ from pipelines.tracking_params import (
     scheme_tags,
     signoff_verdict,
     stage_status,
+)
+
+# Re-exported: callers and tests read tracking.REDACTED.
+from pipelines.tracking.redaction import REDACTED as REDACTED
+from pipelines.tracking.redaction import (
+    env_secrets,
+    looks_like_credential,
+    redact_params,
+    redact_structure,
+    redact_text,
 )
 
 log = logging.getLogger(__name__)
@@ -485,7 +485,7 @@ def _track_parent_artifacts(client, ctx: dict[str, Any], schemes: Sequence[str])
     model, parent_id, secrets = ctx["model"], ctx["parent_run_id"], ctx["secrets"]
     mdir = model_dir(model)
     rows = sweep_rows(model, schemes)
-    from pipelines.plots import write_sweep_plots
+    from pipelines.signoff.plots import write_sweep_plots
 
     plots = write_sweep_plots(mdir, rows)
     files = [(mdir / "sweep.json", "")] + [(mdir / name, "signoff") for name in SIGNOFF_FILES]

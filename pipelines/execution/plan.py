@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from evals.data import DataError, resolve_data_dir, spec
-from pipelines import config as cfg
+from pipelines import recipes as cfg
 from pipelines.errors import QevalError, UnsupportedHere
-from pipelines.models import resolve_model
+from pipelines.recipes.models import resolve_model
 from pipelines.rundir import (
     Manifest,
     model_dir,
@@ -102,7 +102,7 @@ def suite_with_overrides(suite: cfg.SuiteRecipe, opts: SweepOptions) -> cfg.Suit
 
 def plan(opts: SweepOptions) -> Plan:
     """Resolve and validate every scheme's recipe; raise QevalError on bad input, write nothing."""
-    from pipelines import gates
+    from pipelines.signoff import gates
     from pipelines.stages import quantize
 
     model = resolve_model(opts.model)
@@ -140,7 +140,7 @@ def check_context(model: cfg.ModelRecipe, suite: cfg.SuiteRecipe) -> None:
         return
     from transformers import AutoConfig
 
-    from pipelines.models import max_context, source_path
+    from pipelines.recipes.models import max_context, source_path
 
     context = max_context(AutoConfig.from_pretrained(source_path(model), revision=model.revision), model)
     if seq_len > context:

@@ -1,0 +1,178 @@
+"""One frozen dataclass per result file; its field names are the file's JSON keys.
+
+Every result file is written and read through its class: ``write(path)`` and
+``read(path)``. Reading rejects unknown keys and names the missing ones, so a
+writer and a reader can never silently disagree on a file's shape (a test
+round-trips each class through what the real code writes).
+
+Nested rows (per-batch-size speed rows, per-task metrics) stay plain JSON
+mappings inside a typed field: their keys are documented where they are made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+from pipelines.rundir.atomic import write_json_atomic
+
+R = TypeVar("R", bound="ResultFile")
+
+
+class ResultFileError(ValueError):
+    """A result file does not have the shape its dataclass declares."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ResultFile:
+    """Base: strict dict conversion and atomic JSON reading and writing."""
+
+    FILE: ClassVar[str] = ""  # the file name inside its stage folder
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls: type[R], data: dict[str, Any], where: str = "") -> R:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ResultFileError(f"{where or cls.__name__}: unknown key(s) {unknown}; {cls.__name__} has {sorted(names)}")
+        required = {f.name for f in dataclasses.fields(cls)
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+        missing = sorted(required - set(data))
+        if missing:
+            raise ResultFileError(f"{where or cls.__name__}: missing key(s) {missing}; rerun the stage that writes it")
+        return cls(**data)
+
+    def write(self, path: Path) -> Path:
+        write_json_atomic(Path(path), self.to_dict())
+        return Path(path)
+
+    @classmethod
+    def read(cls: type[R], path: Path) -> R:
+        with open(path, encoding="utf-8") as f:
+            return cls.from_dict(json.load(f), str(path))
+
+    @classmethod
+    def read_if_present(cls: type[R], path: Path) -> R | None:
+        return cls.read(path) if Path(path).is_file() else None
+
+
+@dataclasses.dataclass(frozen=True)
+class PerplexityResult(ResultFile):
+    """One dataset's perplexity with its protocol (an entry of ``eval/perplexity.json``)."""
+
+    dataset: str
+    source: dict[str, Any]
+    protocol: str
+    seq_len: int
+    stride: int
+    n_windows: int
+    n_tokens: int
+    token_ids_sha256: str
+    ppl: float
+    word_ppl: float
+    bits_per_byte: float
+    nll_sum: float
+    n_words: int
+    n_bytes: int
+    dtype: str
+    device: str
+    window_nll: list[float] = dataclasses.field(default_factory=list)
+    window_tokens: list[int] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(frozen=True)
+class PerplexityFile(ResultFile):
+    """``eval/perplexity.json``: dataset name -> PerplexityResult (the file is that mapping)."""
+
+    FILE: ClassVar[str] = "perplexity.json"
+    datasets: dict[str, PerplexityResult]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: r.to_dict() for name, r in self.datasets.items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "") -> PerplexityFile:
+        return cls({name: PerplexityResult.from_dict(entry, f"{where}[{name}]") for name, entry in data.items()})
+
+
+@dataclasses.dataclass(frozen=True)
+class TasksResult(ResultFile):
+    """``eval/tasks.json``: lm-eval metrics per task, with what reproduces them."""
+
+    FILE: ClassVar[str] = "tasks.json"
+    results: dict[str, dict[str, Any]]  # task -> {acc, acc_stderr, acc_norm, ...}
+    n_samples: dict[str, int]
+    limit: dict[str, Any]
+    lm_eval_version: str
+    tasks_dir: str
+    lm_eval_tasks: dict[str, str]  # task -> the lm-eval task name that ran
+    provenance: dict[str, Any]
+    samples: dict[str, str]  # task -> samples file, relative to eval/
+    settings: dict[str, Any]
+    duration_s: float
+
+
+@dataclasses.dataclass(frozen=True)
+class SpeedResult(ResultFile):
+    """``bench/speed.json``: prefill/decode speed per batch size and length, and the roofline."""
+
+    FILE: ClassVar[str] = "speed.json"
+    device: str
+    kernel: dict[str, int]
+    settings: dict[str, Any]
+    results: list[dict[str, Any]]  # one row per (batch size, prompt, gen): status, tok/s, ttft_ms, itl_ms
+    roofline: dict[str, Any] | None = None
+    representative: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryResult(ResultFile):
+    """``bench/memory.json``: bytes on disk, resident weights, peaks and KV-cache size."""
+
+    FILE: ClassVar[str] = "memory.json"
+    disk_bytes: int | None
+    weights_bytes: int
+    weights_bytes_by_device: dict[str, int]
+    peak_rss_bytes: int
+    cuda_peak_allocated_bytes: int | None
+    cuda_peak_reserved_bytes: int | None
+    kv_bytes_per_token: int
+    kv_dtype: str
+    get_memory_footprint_bytes: int | None
+    representative: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizeResult(ResultFile):
+    """``quantize/quantize.json``: what the quantize stage did, with which library, at what cost."""
+
+    FILE: ClassVar[str] = "quantize.json"
+    scheme: str
+    variant: str
+    quantizer: str
+    library: str
+    library_version: str
+    backend: str
+    format: str
+    kernels: dict[str, int]
+    params: dict[str, Any]
+    ignore: list[str]
+    calibration: dict[str, Any] | None
+    device: str
+    torch_threads: int
+    dtype: str
+    duration_s: float
+    peak_rss_bytes: int
+    cuda_peak_allocated_bytes: int | None
+    checkpoint: str
+    disk_bytes: int | None
+    baseline_disk_bytes: int | None
+    compression_ratio: float | None
+    emulated: bool
+    notes: list[str]
+    worst_layers: list[dict[str, Any]]

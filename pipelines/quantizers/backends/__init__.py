@@ -1,0 +1,1 @@
+"""Library glue shared by several schemes: one module per quantization library."""
