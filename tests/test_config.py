@@ -23,20 +23,20 @@ def test_every_shipped_recipe_validates():
 def test_model_overrides_and_suite_calibration_apply_in_order():
     model = resolve_model("smollm2-135m")
     suite = config.load_suite("smoke")
-    gptq = config.resolve(model, "gptq", suite)
+    gptq = config.resolve_recipe(model, "gptq", suite)
     assert gptq.scheme.params["group_size"] == 64  # model override beats the scheme default (128)
     assert gptq.scheme.params["bits"] == 4
     assert (gptq.calibration.n_samples, gptq.calibration.seq_len) == (8, 128)  # suite beats paper default
-    awq = config.resolve(model, "awq", suite)
+    awq = config.resolve_recipe(model, "awq", suite)
     assert (awq.calibration.n_samples, awq.calibration.seq_len) == (2, 64)  # per-scheme beats suite
-    standard = config.resolve(model, "gptq", config.load_suite("standard"))
+    standard = config.resolve_recipe(model, "gptq", config.load_suite("standard"))
     assert (standard.calibration.n_samples, standard.calibration.seq_len) == (128, 2048)  # GPTQ paper
-    awq_std = config.resolve(model, "awq", config.load_suite("standard"))
+    awq_std = config.resolve_recipe(model, "awq", config.load_suite("standard"))
     assert (awq_std.calibration.n_samples, awq_std.calibration.seq_len) == (128, 512)  # AWQ paper
 
 
 def test_resolved_recipe_round_trips_through_yaml(tmp_path):
-    recipe = config.resolve(resolve_model("smollm2-135m"), "nf4", config.load_suite("smoke"))
+    recipe = config.resolve_recipe(resolve_model("smollm2-135m"), "nf4", config.load_suite("smoke"))
     path = tmp_path / "recipe.yaml"
     path.write_text(recipe.to_yaml())
     assert config.ResolvedRecipe.from_yaml(path) == recipe

@@ -116,7 +116,7 @@ def plan(opts: SweepOptions) -> Plan:
     check_data(suite)
     recipes, skipped = {}, {}
     for scheme in schemes:
-        recipe = cfg.resolve(model, scheme, suite)
+        recipe = cfg.resolve_recipe(model, scheme, suite)
         if recipe.scheme.quantizer == "prequantized" and opts.prequantized:
             recipe.scheme.source = opts.prequantized
         if recipe.scheme.baseline and recipe.scheme.baseline != model.name:

@@ -13,7 +13,7 @@ from pipelines.recipes.resolve import (  # noqa: F401
     load_scheme,
     load_suite,
     parse_set_overrides,
-    resolve,
+    resolve_recipe,
     unknown_name_message,
     validate,
 )

@@ -130,7 +130,7 @@ def _merge_calibration(*layers: CalibrationOverride) -> CalibrationConfig:
     return CalibrationConfig(**merged)
 
 
-def resolve(
+def resolve_recipe(
     model: ModelRecipe,
     scheme_name: str,
     suite: SuiteRecipe,
