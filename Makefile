@@ -28,15 +28,25 @@ PROFILE ?=
 QUIET ?=
 RAY ?=
 TEST_ARGS ?=
+# What the CLI already has, as make variables (issue 15).
+SET ?=
+DATA_DIR ?=
+EXPERIMENT ?=
+NO_TRACK ?=
+DEVICE ?=
+SWEEP ?=
 
 SWEEP_FLAGS = --model $(MODEL) \
 	$(if $(SCHEMES),--schemes $(SCHEMES)) $(if $(SUITE),--suite $(SUITE)) \
 	$(if $(TASKS),--tasks $(TASKS)) $(if $(TASKS_DIR),--tasks-dir $(TASKS_DIR)) \
 	$(if $(LIMIT),--limit $(LIMIT)) $(if $(PREQUANTIZED),--prequantized $(PREQUANTIZED)) \
 	$(if $(filter 1 true yes,$(FORCE)),--force) $(if $(filter 1 true yes,$(PROFILE)),--profile) \
-	$(if $(filter 1 true yes,$(QUIET)),--quiet) --executor $(EXECUTOR)
+	$(if $(filter 1 true yes,$(QUIET)),--quiet) --executor $(EXECUTOR) \
+	$(if $(SET),--set '$(SET)') $(if $(DEVICE),--set device=$(DEVICE)) \
+	$(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(if $(EXPERIMENT),--experiment $(EXPERIMENT)) \
+	$(if $(filter 1 true yes,$(NO_TRACK)),--no-track)
 
-.PHONY: help setup quantize signoff compare sync ui test test-fast lint bench-eval clean
+.PHONY: help setup plan quantize signoff compare sync ui test test-fast lint bench-eval clean
 
 help: ## list targets and variables
 	@echo "Targets:"
@@ -51,16 +61,23 @@ help: ## list targets and variables
 	@echo "  LIMIT         examples per task, overriding the suite"
 	@echo "  FORCE=1       rerun stages whose results are cached"
 	@echo "  PROFILE=1     torch.profiler trace per scheme (bench/profile.json, bench/trace.json)"
-	@echo "  QUIET=1       no progress bars"
+	@echo "  QUIET=1       only the stage table, the verdicts and errors"
 	@echo "  EXECUTOR      local | ray [$(EXECUTOR)]"
 	@echo "  PREQUANTIZED  checkpoint (Hub id or path) for SCHEMES=prequantized"
 	@echo "  LOG_CHECKPOINT=1  upload quantized checkpoints to MLflow too"
 	@echo "  SCHEME        signoff: judge only these schemes"
 	@echo "  FORMAT        compare: markdown | csv | json"
 	@echo "  RAY=1         setup: also install the Ray extra"
+	@echo "  SET           suite overrides, space- or ;-separated: SET='perplexity.seq_len=256 tasks.limit=20'"
+	@echo "  DEVICE        auto | cpu | cuda: the suite's device [the suite's]"
+	@echo "  DATA_DIR      local data folder for this run (overrides QEVAL_DATA_DIR)"
+	@echo "  EXPERIMENT    MLflow experiment [qeval/<model>]"
+	@echo "  NO_TRACK=1    do not log to MLflow"
+	@echo "  SWEEP         compare: a sweep id [the latest]"
+	@echo "  (MODEL, SUITE and SCHEMES also take paths to your own YAML recipe files)"
 	@echo "  QEVAL_DATA_DIR    local data folder [$(QEVAL_DATA_DIR)]"
 	@echo "  QEVAL_RUNS_DIR    where run directories go [./runs]"
-	@echo "  MLFLOW_TRACKING_URI  tracking server [sqlite:///./mlflow.db]"
+	@echo "  MLFLOW_TRACKING_URI  tracking store or server [sqlite:///mlflow.db in the current directory]"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -74,25 +91,42 @@ setup: $(BIN)/python ## create .venv, install torch (CPU wheel) then qeval, prep
 
 comma := ,
 
-quantize: ## run the sweep: quantize, evaluate, benchmark, sign off, log to MLflow
-	@# A finished sweep whose verdict is FAIL (1) or INCONCLUSIVE (3) is not a broken
-	@# command: say so and succeed; `make signoff` is the target a release gates on.
-	@$(QEVAL) run $(SWEEP_FLAGS); code=$$?; \
-	if [ $$code -eq 1 ] || [ $$code -eq 3 ]; then \
-	  echo "sweep finished; sign-off exit code $$code (gate a release on: make signoff MODEL=$(MODEL))"; exit 0; \
-	fi; exit $$code
+plan: ## what `make quantize` would run, what is cached and why, estimated time (writes nothing)
+	$(QEVAL) plan $(SWEEP_FLAGS)
 
-signoff: ## rerun only the sign-off from existing results (exit 0 pass, 1 fail, 3 inconclusive)
+quantize: ## run the sweep: quantize, evaluate, benchmark, sign off, log to MLflow
+	@# A finished sweep succeeds whatever its verdict (0 pass, 1 FAIL, 3 INCONCLUSIVE):
+	@# `make signoff` is the target a release gates on. Bad input (2), an unfinished sweep
+	@# (4: a stage failed or a scheme was not judged) and a crash (5) fail the target.
+	@$(QEVAL) run $(SWEEP_FLAGS); code=$$?; \
+	case $$code in \
+	  0) echo "sweep finished; sign-off PASS (exit code 0)";; \
+	  1) echo "sweep finished; sign-off FAIL: a scheme failed a gate (exit code 1; gate a release on: make signoff MODEL=$(MODEL))";; \
+	  3) echo "sweep finished; sign-off INCONCLUSIVE: no gate failed, some could not be decided (exit code 3; gate a release on: make signoff MODEL=$(MODEL))";; \
+	  2) echo "sweep refused: bad input (exit code 2); the message above names the fix" >&2; exit 2;; \
+	  4) echo "sweep incomplete: a stage failed or a scheme could not be judged (exit code 4); see the stage table above" >&2; exit 4;; \
+	  5) echo "qeval crashed (exit code 5): an unexpected error, not a verdict; see the traceback above" >&2; exit 5;; \
+	  *) echo "qeval exited with code $$code" >&2; exit $$code;; \
+	esac
+
+signoff: ## rerun only the sign-off (exit 0 pass, 1 fail, 3 inconclusive, 4 not judged)
 	$(QEVAL) signoff --model $(MODEL) $(if $(SCHEME),--scheme $(SCHEME))
 
 compare: ## print the scheme x metric table read back from MLflow
-	$(QEVAL) compare --model $(MODEL) --format $(FORMAT)
+	$(QEVAL) compare --model $(MODEL) --format $(FORMAT) $(if $(SWEEP),--sweep $(SWEEP)) \
+	  $(if $(EXPERIMENT),--experiment $(EXPERIMENT))
 
 sync: ## upload results that could not reach the MLflow server
 	$(QEVAL) sync
 
-ui: ## serve the MLflow UI of the default store on 127.0.0.1:$(PORT)
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(PORT)
+ui: ## serve the MLflow UI of the tracking store (MLFLOW_TRACKING_URI, else ./mlflow.db) on 127.0.0.1:$(PORT)
+	@# The same rule as qeval: MLFLOW_TRACKING_URI if set, else mlflow.db in the current directory.
+	@# A tracking server already has a UI: point the browser at it instead.
+	@uri="$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}"; \
+	case "$$uri" in \
+	  http://*|https://*) echo "MLFLOW_TRACKING_URI=$$uri is a tracking server: open $$uri in a browser";; \
+	  *) exec $(BIN)/mlflow ui --backend-store-uri "$$uri" --host 127.0.0.1 --port $(PORT);; \
+	esac
 
 bench-eval: ## perplexity stage vs a bare batched forward pass on the same tokens
 	$(QEVAL) bench-eval --model $(MODEL)

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -82,8 +83,14 @@ def spec(name: str) -> DatasetSpec:
     return DATASETS[name]
 
 
-@cache
 def sha256_file(path: Path) -> str:
+    """sha256 of a file, computed once per content version (path, size and mtime)."""
+    st = Path(path).stat()
+    return _sha256_file(str(path), st.st_size, st.st_mtime_ns)
+
+
+@cache
+def _sha256_file(path: str, _size: int, _mtime_ns: int) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -139,16 +146,55 @@ def _hub_records(name: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
             f"dataset {name!r}: could not load {s.hub_path} from the Hub ({exc}). Without Hub "
             "access, set QEVAL_DATA_DIR to a local data folder."
         ) from exc
-    revision = getattr(ds.info, "version", None)
+    version = getattr(ds.info, "version", None)
     prov = {
         "kind": "hub",
         "path": s.hub_path,
         "name": s.hub_name,
         "split": s.hub_split,
-        "revision": str(revision) if revision else None,
+        "revision": hub_commit_sha(ds, s.hub_path),  # the dataset repository's commit
+        "version": str(version) if version else None,  # the builder's version string, not a commit
         "fingerprint": getattr(ds, "_fingerprint", None),
     }
     return [dict(r) for r in ds], prov
+
+
+_COMMIT_SHA = re.compile(r"^[0-9a-f]{40}$")
+_URL_COMMIT_SHA = re.compile(r"@([0-9a-f]{40})/")
+
+
+def commit_sha_in(paths: list[str]) -> str | None:
+    """Return the 40-hex commit a loaded dataset's files name, or None.
+
+    ``datasets`` caches a Hub dataset under ``<name>/<config>/<version>/<commit sha>/``
+    (online and offline alike) and resolves data files as ``hf://datasets/<repo>@<sha>/...``.
+    Packaged builders (json, parquet on local files) use a 64-hex config hash there, which
+    is not a commit and is not matched.
+    """
+    for path in paths:
+        found = _URL_COMMIT_SHA.search(path)
+        if found:
+            return found.group(1)
+        for part in Path(path).parts:
+            if _COMMIT_SHA.match(part):
+                return part
+    return None
+
+
+def hub_commit_sha(ds, repo_id: str) -> str | None:
+    """Return the commit of a Hub dataset as loaded; online, the Hub's answer where the files do not say."""
+    paths = [f.get("filename", "") for f in getattr(ds, "cache_files", None) or []]
+    paths += list((getattr(ds.info, "download_checksums", None) or {}).keys())
+    sha = commit_sha_in(paths)
+    if sha or os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
+        return sha
+    try:
+        from huggingface_hub import HfApi
+
+        return HfApi().dataset_info(repo_id).sha
+    except Exception as exc:  # network, auth: provenance without a commit is logged, not fatal
+        log.warning("dataset %s: commit sha unknown (%s)", repo_id, exc)
+        return None
 
 
 def load_records(name: str, data_dir: Path | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:

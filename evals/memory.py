@@ -3,8 +3,8 @@
 Resident weight bytes are counted from the tensors a model actually holds, because
 ``get_memory_footprint()`` is wrong for packed formats: torchao tensor subclasses report
 their logical (bf16) size, and bitsandbytes keeps its block scales outside the parameters.
-Peak readings cover the time since the last :func:`reset_peak_memory`, so callers reset
-before loading or running the model and read afterwards.
+Peak memory has one definition, :class:`PeakRSS` (the process's peak resident set size
+over a block), used by the quantize and benchmark stages alike.
 """
 
 from __future__ import annotations
@@ -12,9 +12,12 @@ from __future__ import annotations
 import logging
 import resource
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from pipelines.rundir.paths import dir_bytes
 
 log = logging.getLogger(__name__)
 
@@ -180,13 +183,20 @@ def kv_bytes_per_token(config, dtype) -> int:
     return 2 * layers * kv_heads * head_dim * _dtype_bytes(dtype)
 
 
-def reset_peak_memory(device=None) -> None:
-    """Reset peak-memory counters: the process high-water mark and, on CUDA, the allocator's."""
+def _reset_rss_high_water_mark() -> bool:
+    """Reset the kernel's peak-RSS counter (VmHWM); return whether that worked."""
     try:
-        # Writing 5 resets VmHWM (Linux >= 4.0); without it the peak is the process lifetime's.
+        # Writing 5 resets VmHWM (Linux >= 4.0).
         with open("/proc/self/clear_refs", "w") as handle:
             handle.write("5")
+        return True
     except OSError:
+        return False
+
+
+def reset_peak_memory(device=None) -> None:
+    """Reset peak-memory counters: the process high-water mark and, on CUDA, the allocator's."""
+    if not _reset_rss_high_water_mark():
         log.debug("cannot reset the process peak RSS; it covers the process lifetime")
     import torch
 
@@ -195,7 +205,7 @@ def reset_peak_memory(device=None) -> None:
 
 
 def peak_rss_bytes() -> int:
-    """Return the process peak resident set size in bytes since the last reset."""
+    """Return the process peak resident set size in bytes since the last reset (or process start)."""
     try:
         with open("/proc/self/status") as handle:
             for line in handle:
@@ -206,6 +216,48 @@ def peak_rss_bytes() -> int:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # ru_maxrss is KiB on Linux and bytes on macOS.
     return peak if sys.platform == "darwin" else peak * 1024
+
+
+class PeakRSS:
+    """Peak resident set size of this process while a block runs: qeval's one definition of peak memory.
+
+    ``with PeakRSS() as peak: ...`` then ``peak.peak_bytes``. The quantize and benchmark
+    stages both measure with it. Where the kernel's high-water mark can be reset (Linux),
+    the peak is exact: VmHWM reset on entry, read on exit. Elsewhere a thread samples the
+    RSS every ``interval_s`` (a lower bound: a spike shorter than the interval is missed),
+    and ``exact`` is False.
+    """
+
+    def __init__(self, interval_s: float = 0.05):
+        self.interval_s = interval_s
+        self.peak_bytes = 0
+        self.exact = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> PeakRSS:
+        self.exact = _reset_rss_high_water_mark()
+        if not self.exact:
+            import psutil
+
+            process = psutil.Process()
+
+            def sample() -> None:
+                while not self._stop.is_set():
+                    self.peak_bytes = max(self.peak_bytes, process.memory_info().rss)
+                    self._stop.wait(self.interval_s)
+
+            self._thread = threading.Thread(target=sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.exact:
+            self.peak_bytes = peak_rss_bytes()
+            return
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
 
 
 def cuda_peak_bytes(device=None) -> dict[str, int | None]:
@@ -220,16 +272,6 @@ def cuda_peak_bytes(device=None) -> dict[str, int | None]:
     }
 
 
-def disk_bytes(checkpoint_dir: Path) -> int:
-    """Return the total size of the files in a checkpoint directory, tokenizer files included."""
-    checkpoint_dir = Path(checkpoint_dir)
-    if not checkpoint_dir.is_dir():
-        raise MemoryMeasurementError(
-            f"checkpoint directory {checkpoint_dir} does not exist: pass the saved model directory or None"
-        )
-    return sum(p.stat().st_size for p in checkpoint_dir.rglob("*") if p.is_file())
-
-
 def _model_dtype(model):
     """Return the model's compute dtype, used for the KV cache."""
     import torch
@@ -238,12 +280,17 @@ def _model_dtype(model):
     return dtype if isinstance(dtype, torch.dtype) else torch.float32
 
 
-def measure_memory(model, checkpoint_dir: Path | None = None, dtype=None) -> dict:
-    """Return the memory record of a loaded model (memory.json of the run layout).
+def measure_memory(model, checkpoint_dir: Path | None = None, dtype=None, *, peak_rss: int | None = None) -> dict:
+    """Return the memory record of a loaded model: the fields of ``MemoryResult`` but ``representative``.
 
-    ``dtype`` is the KV-cache dtype; None takes the model's dtype. Peaks cover the
-    time since the last :func:`reset_peak_memory`.
+    ``dtype`` is the KV-cache dtype; None takes the model's dtype. ``peak_rss`` is a
+    :class:`PeakRSS` reading in bytes; None reads the peak since the last
+    :func:`reset_peak_memory`, as do the CUDA peaks.
     """
+    if checkpoint_dir is not None and not Path(checkpoint_dir).is_dir():
+        raise MemoryMeasurementError(
+            f"checkpoint directory {checkpoint_dir} does not exist: pass the saved model directory or None"
+        )
     cuda_device = None
     devices = weights_bytes_by_device(model)
     if any(d.startswith("cuda") for d in devices):
@@ -255,10 +302,10 @@ def measure_memory(model, checkpoint_dir: Path | None = None, dtype=None) -> dic
         footprint = None
     config = getattr(model, "config", None)
     record = {
-        "disk_bytes": disk_bytes(checkpoint_dir) if checkpoint_dir is not None else None,
+        "disk_bytes": dir_bytes(checkpoint_dir) if checkpoint_dir is not None else None,
         "weights_bytes": sum(devices.values()),
         "weights_bytes_by_device": devices,
-        "peak_rss_bytes": peak_rss_bytes(),
+        "peak_rss_bytes": peak_rss if peak_rss is not None else peak_rss_bytes(),
         **cuda_peak_bytes(cuda_device),
         "kv_bytes_per_token": kv_bytes_per_token(config, dtype or _model_dtype(model)) if config else None,
         "kv_dtype": str(dtype or _model_dtype(model)).removeprefix("torch."),

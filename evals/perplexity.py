@@ -26,6 +26,35 @@ class PerplexityError(ValueError):
     """The protocol cannot be applied (window too long, text too short)."""
 
 
+# fp32 bytes one NLL chunk may hold: log-softmax needs the logits in fp32, and the
+# whole [batch, seq, vocab] block in fp32 is gigabytes for a 128k vocabulary.
+NLL_CHUNK_BYTES = 64 * 2**20
+
+
+def token_nll(logits, targets, chunk_positions: int | None = None):
+    """Return the float32 NLL of each target, [batch, seq], from logits [batch, seq, vocab].
+
+    Positions are scored in chunks, each converted to float32 on its own, so the extra
+    memory is one chunk's fp32 logits and log-probabilities rather than the whole
+    block's. ``chunk_positions`` defaults to what fits in :data:`NLL_CHUNK_BYTES`. Every
+    position's NLL is computed exactly as in one call (rows are independent).
+    """
+    import torch
+
+    batch, seq, vocab = logits.shape
+    if chunk_positions is None:
+        chunk_positions = max(1, NLL_CHUNK_BYTES // (4 * batch * vocab))
+    if chunk_positions < 1:
+        raise PerplexityError(f"chunk_positions must be >= 1, got {chunk_positions}")
+    out = torch.empty((batch, seq), dtype=torch.float32, device=logits.device)
+    for start in range(0, seq, chunk_positions):
+        end = min(start + chunk_positions, seq)
+        out[:, start:end] = torch.nn.functional.cross_entropy(
+            logits[:, start:end].float().flatten(0, 1), targets[:, start:end].flatten(), reduction="none"
+        ).view(batch, end - start)
+    return out
+
+
 def windows_for(n_ids: int, protocol: str, seq_len: int, stride: int | None) -> list[tuple[int, int, int]]:
     """Return (begin, end, first_scored) for each window; targets from first_scored+1 to end are scored."""
     if protocol == "gptq":
@@ -116,12 +145,9 @@ def compute_perplexity(
     with torch.inference_mode():
         for batch in batches:
             inputs = torch.stack([ids[b:e] for b, e, _ in batch]).to(device)
-            logits = model(inputs).logits[:, :-1]
-            targets = inputs[:, 1:]
-            # Fused log-softmax + NLL in float32: no full log-prob tensor is kept.
-            nll = torch.nn.functional.cross_entropy(
-                logits.float().flatten(0, 1), targets.flatten(), reduction="none"
-            ).view(targets.shape)
+            logits = model(inputs).logits
+            nll = token_nll(logits[:, :-1], inputs[:, 1:])
+            del logits
             for row, (b, _e, first) in enumerate(batch):
                 keep = nll[row, first - b :]
                 window_nll.append(keep.mean().item())

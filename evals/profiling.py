@@ -7,18 +7,12 @@ Perfetto (ui.perfetto.dev) or chrome://tracing.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
-from evals.speed import (
-    describe_device,
-    describe_kernels,
-    greedy_step,
-    model_device,
-    random_prompt,
-    synchronize,
-)
+from evals.kernels import linear_layers
+from evals.speed import device_name, greedy_step, model_device, random_prompt, synchronize
+from pipelines.rundir.atomic import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +100,8 @@ def profile_model(
     by_cpu = sorted(averages, key=lambda e: e.self_cpu_time_total, reverse=True)[:top_n]
     summary = {
         "device": str(device),
-        "device_name": describe_device(device),
-        "kernel": describe_kernels(model),
+        "device_name": device_name(device),
+        "linear_layers": linear_layers(model)["layers"],
         "batch_size": batch_size,
         "prompt_len": prompt_len,
         "decode_steps": decode_steps,
@@ -121,6 +115,6 @@ def profile_model(
             sum(getattr(e, "self_device_time_total", 0) for e in averages)
         )
         summary["top_by_self_cuda"] = [_operator_row(e, on_cuda) for e in by_cuda[:top_n]]
-    (out_dir / "profile.json").write_text(json.dumps(summary, indent=2))
+    write_json_atomic(out_dir / "profile.json", summary)
     log.info("profile written to %s (trace %s)", out_dir / "profile.json", trace_path)
     return summary

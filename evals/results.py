@@ -115,19 +115,29 @@ class TasksResult(ResultFile):
     samples: dict[str, str]  # task -> samples file, relative to eval/
     settings: dict[str, Any]
     duration_s: float
+    dtype: str  # the model's dtype: in bf16, answers can flip with the batch size
+    # One `lm_eval` command per distinct limit (its --limit is global) that reproduces these
+    # numbers from the checkpoint: model args with dtype, batch size, include_path, tasks.
+    lm_eval_commands: list[str]
 
 
 @dataclasses.dataclass(frozen=True)
 class SpeedResult(ResultFile):
-    """``bench/speed.json``: prefill/decode speed per batch size and length, and the roofline."""
+    """``bench/speed.json``: prefill/decode speed per batch size and length, and the roofline.
+
+    ``representative`` is derived from ``what_ran`` by ``evals.kernels.judge_representative``;
+    ``representative_reason`` says why not, when not.
+    """
 
     FILE: ClassVar[str] = "speed.json"
-    device: str
-    kernel: dict[str, int]
+    device_kind: str  # torch device type it ran on: "cpu", "cuda"
+    device_name: str  # CPU model string or GPU name
+    what_ran: dict[str, Any]  # evals.kernels.what_ran: linear-layer storage and matmul operators seen
     settings: dict[str, Any]
     results: list[dict[str, Any]]  # one row per (batch size, prompt, gen): status, tok/s, ttft_ms, itl_ms
     roofline: dict[str, Any] | None = None
     representative: bool = True
+    representative_reason: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,10 +169,9 @@ class QuantizeResult(ResultFile):
     library_version: str
     backend: str
     format: str
-    kernels: dict[str, int]
     params: dict[str, Any]
     ignore: list[str]
-    calibration: dict[str, Any] | None
+    calibration: dict[str, Any] | None  # the calibration windows' settings and digest; None: no calibration
     device: str
     torch_threads: int
     dtype: str
@@ -173,6 +182,9 @@ class QuantizeResult(ResultFile):
     disk_bytes: int | None
     baseline_disk_bytes: int | None
     compression_ratio: float | None
-    emulated: bool
+    emulated: bool  # the quantizer's emulated_on(device): a dequantized stand-in ran, costs not representative
     notes: list[str]
-    worst_layers: list[dict[str, Any]]
+    worst_layers: list[dict[str, Any]]  # by raw rel_error: {layer, rel_error, rel_error_fitted, backend_loss}
+    # The held-out windows every scheme's layer errors are scored on (dataset, source documents,
+    # n_windows, seq_len, token_ids_sha256); None where no layer errors are measured.
+    layer_error_windows: dict[str, Any] | None = None

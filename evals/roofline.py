@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import statistics
 import time
 from pathlib import Path
 
-from evals.speed import describe_device, synchronize
+from evals.speed import device_name, synchronize
+from pipelines.rundir.atomic import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def _bandwidth_key(device) -> str:
     import torch
 
     device = torch.device(device)
-    name = describe_device(device)
+    name = device_name(device)
     # CPU copy bandwidth scales with the threads that run it.
     return f"{name} ({torch.get_num_threads()} threads)" if device.type == "cpu" else name
 
@@ -90,10 +90,7 @@ def cached_bandwidth(device, cache_path: Path, **measure_kwargs) -> dict:
         return {**cache[key], "cached": True}
     result = measure_bandwidth(device, **measure_kwargs)
     cache[key] = result
-    cache_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache_path.with_name(f".{cache_path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(cache, indent=2, sort_keys=True))
-    os.replace(tmp, cache_path)  # readers never see a half-written cache
+    write_json_atomic(cache_path, cache)  # readers never see a half-written cache
     return {**result, "cached": False}
 
 

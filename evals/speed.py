@@ -13,9 +13,7 @@ import gc
 import inspect
 import logging
 import math
-import platform
 import time
-from functools import cache
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -36,29 +34,34 @@ class SpeedMeasurementError(ValueError):
     """A speed measurement got settings it cannot use; the message names the fix."""
 
 
-@cache
-def _cpu_model_name() -> str:
-    """Return the CPU model string from /proc/cpuinfo, else the platform's."""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
-
-
-def describe_device(device) -> str:
-    """Return a human name for a device: the GPU name or the CPU model string."""
+def device_kind(device) -> str:
+    """Return the torch device type a measurement ran on: ``"cpu"``, ``"cuda"``, ..."""
     import torch
+
+    return torch.device(device).type
+
+
+def device_name(device) -> str:
+    """Return the hardware name of a device: the GPU name, or the CPU model string."""
+    import torch
+
+    from pipelines.environment import cpu_model
 
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     if device.type == "cpu":
-        return _cpu_model_name()
+        return cpu_model()
     return str(device)
+
+
+def mean_decode_context_len(prompt_len: int, gen_len: int) -> float:
+    """Return the mean KV length the decode steps of one iteration read.
+
+    Decode step k (k = 1 .. gen_len - 1) reads prompt_len + k cached positions, whose mean is
+    prompt_len + gen_len / 2. The roofline and the sign-off's metrics both use this figure.
+    """
+    return prompt_len + gen_len / 2
 
 
 def model_device(model):
@@ -71,42 +74,6 @@ def model_device(model):
     for param in model.parameters():
         return param.device
     return torch.device("cpu")
-
-
-def _is_linear(module) -> bool:
-    """Return whether a module is a linear layer, dense or quantized."""
-    import torch
-
-    if isinstance(module, torch.nn.Linear):
-        return True
-    name = type(module).__name__.lower()
-    # Quantized linears of gptqmodel and others do not subclass nn.Linear.
-    return "linear" in name and (hasattr(module, "qweight") or hasattr(module, "in_features"))
-
-
-def describe_kernels(model) -> dict[str, int]:
-    """Return which linear implementations a model runs, as {description: count}.
-
-    A plain ``nn.Linear`` with a plain weight is ``"dense"``; a plain ``nn.Linear`` with a
-    tensor-subclass weight (torchao) is ``"nn.Linear[<subclass>]"``; any other linear
-    class is ``"<library>.<class>"``, e.g. ``"bitsandbytes.Linear4bit"`` or
-    ``"gptqmodel.TorchQuantLinear"``.
-    """
-    import torch
-
-    counts: dict[str, int] = {}
-    for module in model.modules():
-        if not _is_linear(module):
-            continue
-        cls = type(module)
-        if cls is torch.nn.Linear:
-            weight = module.weight
-            plain = type(weight) in (torch.Tensor, torch.nn.Parameter)
-            label = "dense" if plain else f"nn.Linear[{type(weight).__name__}]"
-        else:
-            label = f"{cls.__module__.split('.')[0]}.{cls.__name__}"
-        counts[label] = counts.get(label, 0) + 1
-    return counts
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -215,8 +182,7 @@ def _measure_one(
         "error": None,
         "iterations": len(ttfts_s),
         "elapsed_s": elapsed_s,
-        # KV length read by decode step k is prompt_len + k, k = 1 .. gen_len - 1.
-        "mean_decode_context_len": prompt_len + gen_len / 2,
+        "mean_decode_context_len": mean_decode_context_len(prompt_len, gen_len),
         "prefill_tok_s": summarize([batch_size * prompt_len / t for t in ttfts_s]),
         "ttft_ms": summarize([t * ms for t in ttfts_s]),
         "decode_tok_s": summarize(decode_tok_s),
@@ -313,8 +279,8 @@ def measure_speed(
     finally:
         model.train(was_training)
     return {
-        "device": describe_device(device),
-        "kernel": describe_kernels(model),
+        "device_kind": device_kind(device),
+        "device_name": device_name(device),
         "settings": settings,
         "results": results,
     }

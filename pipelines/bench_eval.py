@@ -22,8 +22,9 @@ def bench_eval(model_name: str, *, seq_len: int = 512, n_windows: int = 16, batc
     recipe = models.resolve_model(model_name)
     source = models.source_path(recipe)
     device = loading.resolve_device("auto")
-    tokenizer = loading.load_tokenizer(source, recipe.revision)
-    model = loading.load_dense(source, recipe.dtype, device, revision=recipe.revision, stage="bench-eval")
+    tokenizer = loading.load_tokenizer(source, recipe.revision, trust_remote_code=recipe.trust_remote_code)
+    model = loading.load_dense(source, recipe.dtype, device, revision=recipe.revision,
+                               trust_remote_code=recipe.trust_remote_code, stage="bench-eval")
     text, _ = perplexity_text("wikitext2", resolve_data_dir(None))
 
     def stage() -> float:

@@ -1,6 +1,7 @@
 """The command line: parse arguments, call the pipeline, print. The only module that prints.
 
-Exit codes: 0 all pass, 1 a gate or stage failed, 2 bad input, 3 inconclusive.
+Exit codes (pipelines/errors.py): 0 every judged scheme passed, 1 a FAIL verdict, 2 bad input,
+3 inconclusive, 4 incomplete (a stage failed or a scheme was not judged), 5 a crash.
 """
 
 from __future__ import annotations
@@ -8,16 +9,18 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 
+from pipelines.errors import EXIT_BAD_INPUT, EXIT_CRASH, EXIT_PASS
 from pipelines.logconfig import configure_logging
 
-BAD_INPUT = 2
+BAD_INPUT = EXIT_BAD_INPUT
 
 # The summary columns of `qeval compare` (a name ending in "." selects every metric with that prefix).
 COMPARE_COLUMNS = [
     "scheme", "ppl.", "delta.ppl.", "acc.", "recovery.acc.", "mem.disk_gib", "mem.weights_gib",
-    "mem.peak_gib", "speed.decode_tok_s.bs1", "speed.ttft_ms.p50.bs1", "speed.roofline_frac.bs1", "signoff",
+    "mem.peak_gib", "speed.decode_tok_s.bs1.", "speed.ttft_ms.p50.bs1.", "speed.roofline_frac.bs1", "signoff",
 ]
 
 
@@ -60,6 +63,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-checkpoint", action="store_true", default=_env_flag("LOG_CHECKPOINT"),
                      help="also upload quantized checkpoints to MLflow (can be many GB)")
     run.add_argument("--no-track", action="store_true", help="skip MLflow logging")
+    run.add_argument("--dry-run", action="store_true", help="print what the sweep would do (as `qeval plan`) and stop")
+
+    pl = sub.add_parser("plan", help="what a sweep would run, what is cached and why, estimated time; writes nothing")
+    _sweep_args(pl)
+    pl.add_argument("--executor", choices=["local", "ray"], default=os.environ.get("EXECUTOR") or "local")
+    pl.add_argument("--experiment", help="MLflow experiment (default: qeval/<model>)")
+    pl.add_argument("--no-track", action="store_true", help="the sweep would skip MLflow logging")
+
+    ls = sub.add_parser("list", help="models, schemes, suites or tasks, one line each")
+    ls.add_argument("kind", choices=["models", "schemes", "suites", "tasks"])
+    ls.add_argument("--tasks-dir", help="tasks: also list the task YAMLs in this directory")
+    ls.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                    help="schemes: check whether each runs on this device [auto]")
 
     for stage in ("quantize", "evaluate", "benchmark"):
         sp = sub.add_parser(stage, help=f"run the {stage} stage of one scheme")
@@ -74,12 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--experiment")
     tr.add_argument("--log-checkpoint", action="store_true", default=_env_flag("LOG_CHECKPOINT"))
 
-    cmp_ = sub.add_parser("compare", help="scheme x metric table read back from MLflow")
+    cmp_ = sub.add_parser("compare", help="scheme x metric table from MLflow, else from the run directories")
     cmp_.add_argument("--model", default=os.environ.get("MODEL") or "smollm2-135m")
     cmp_.add_argument("--sweep", help="sweep id (default: the latest)")
     cmp_.add_argument("--experiment")
     cmp_.add_argument("--format", choices=["markdown", "csv", "json"], default="markdown")
     cmp_.add_argument("--all-columns", action="store_true", help="every logged metric, not the summary")
+    cmp_.add_argument("--from-runs", action="store_true",
+                      help="read the run directories, not MLflow (the default when MLflow is unreachable)")
 
     sy = sub.add_parser("sync", help="upload results that could not reach the MLflow server")
     sy.add_argument("--model", help="one model (default: all under the runs root)")
@@ -109,7 +127,7 @@ def _options(args: argparse.Namespace, schemes: list[str] | None):
     return SweepOptions(
         model=args.model, schemes=schemes, suite=args.suite, tasks=args.tasks, limit=args.limit,
         tasks_dir=args.tasks_dir, data_dir=args.data_dir, prequantized=args.prequantized,
-        overrides=parse_set_overrides(args.set), force=args.force, quiet=args.quiet, profile=args.profile,
+        overrides=parse_set_overrides(split_set_items(args.set)), force=args.force, quiet=args.quiet, profile=args.profile,
         executor=getattr(args, "executor", "local"), experiment=getattr(args, "experiment", None),
         log_checkpoint=getattr(args, "log_checkpoint", False), track=not getattr(args, "no_track", False),
     )
@@ -118,34 +136,41 @@ def _options(args: argparse.Namespace, schemes: list[str] | None):
 def cmd_run(args) -> int:
     from pipelines.execution.runner import run_sweeps
 
+    if getattr(args, "dry_run", False):
+        return cmd_plan(args)
     # MODEL=a,b runs one sweep per model; under Ray their schemes run in parallel.
     options = []
     for model in _csv(args.model):
         args.model = model
         options.append(_options(args, args.schemes))
-    results = run_sweeps(options)
+    results = run_sweeps(options, announce=None if args.quiet else print)
     for result in results:
         print(result.summary())
     return worst_exit_code([r.exit_code for r in results])
 
 
 def worst_exit_code(codes: list[int]) -> int:
-    """Bad input beats fail beats inconclusive beats pass."""
-    for code in (BAD_INPUT, 1, 3):
-        if code in codes:
-            return code
-    return max(codes, default=0)
+    from pipelines.execution.runner import worst_exit_code as worst
+
+    return worst(codes)
 
 
 def cmd_stage(args) -> int:
-    from pipelines.execution.local import run_stages_in_process
+    """One stage of one scheme. Writes only that scheme's recipe and manifest: the sweep's scheme
+    list and id stay as they are (sweep.json is created only when there is none)."""
+    from pipelines.execution.local import WORKER_OK, run_stages_in_process
     from pipelines.execution.plan import plan, write_plan
 
     opts = _options(args, [args.scheme])
     p = plan(opts)
-    write_plan(p, opts)
-    return run_stages_in_process(p.model, args.scheme, (args.command,), force=args.force, quiet=args.quiet,
+    if args.scheme in p.skipped:
+        from pipelines.errors import UnsupportedHere
+
+        raise UnsupportedHere(f"scheme {args.scheme} cannot run here: {p.skipped[args.scheme]}")
+    write_plan(p, opts, only=[args.scheme])
+    code = run_stages_in_process(p.model, args.scheme, (args.command,), force=args.force, quiet=args.quiet,
                                  profile=args.profile)
+    return EXIT_PASS if code == WORKER_OK else code
 
 
 def cmd_signoff(args) -> int:
@@ -177,6 +202,34 @@ def cmd_signoff(args) -> int:
     return result["exit_code"]
 
 
+def split_set_items(items: list[str]) -> list[str]:
+    """``--set 'a=1 b=2'`` or ``--set 'a=1;b=2'`` (make's SET) as separate items; a space inside a
+    YAML value (``benchmark={iters: 1, warmup: 0}``) does not split, since no ``key=`` follows it."""
+    import re
+
+    out = []
+    for item in items:
+        out += [part.strip() for part in re.split(r";|\s+(?=[\w.-]+=)", item) if part.strip()]
+    return out
+
+
+def cmd_plan(args) -> int:
+    """Validate the sweep and print what it would do; nothing is written."""
+    from pipelines.execution.preview import format_preview, preview
+
+    for model in _csv(args.model):
+        args.model = model
+        print(format_preview(preview(_options(args, args.schemes))))
+    return EXIT_PASS
+
+
+def cmd_list(args) -> int:
+    from pipelines.catalog import format_rows, rows_for
+
+    print(format_rows(args.kind, rows_for(args.kind, tasks_dir=args.tasks_dir, device=args.device)))
+    return EXIT_PASS
+
+
 def cmd_track(args) -> int:
     from pipelines import tracking
     from pipelines.recipes.models import resolve_model
@@ -194,7 +247,10 @@ def cmd_compare(args) -> int:
     from pipelines.recipes.models import resolve_model
 
     model = resolve_model(args.model).name
-    rows = tracking.compare(model, sweep_id=args.sweep, experiment=args.experiment)
+    rows, source = tracking.compare(model, sweep_id=args.sweep, experiment=args.experiment,
+                                    from_runs=args.from_runs)
+    # The source line stays out of csv/json on stdout, so they remain machine-readable.
+    print(source, file=sys.stdout if args.format == "markdown" else sys.stderr)
     print(tracking.format_table(rows, args.format, columns=None if args.all_columns else COMPARE_COLUMNS))
     return 0
 
@@ -231,7 +287,8 @@ def cmd_worker(args) -> int:
 COMMANDS = {
     "run": cmd_run, "quantize": cmd_stage, "evaluate": cmd_stage, "benchmark": cmd_stage,
     "signoff": cmd_signoff, "track": cmd_track, "compare": cmd_compare, "sync": cmd_sync,
-    "prepare": cmd_prepare, "bench-eval": cmd_bench_eval, "worker": cmd_worker,
+    "prepare": cmd_prepare, "bench-eval": cmd_bench_eval, "worker": cmd_worker, "plan": cmd_plan,
+    "list": cmd_list,
 }
 
 
@@ -246,7 +303,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except BAD_INPUT_ERRORS as exc:
         print(f"qeval: error: {exc}", file=sys.stderr)
-        return BAD_INPUT
+        return EXIT_BAD_INPUT
+    except Exception as exc:  # a bug in qeval or a library: not a verdict, never exit 0/1/3
+        traceback.print_exc()
+        print(f"qeval: crash: {type(exc).__name__}: {exc} (an unexpected error, not a verdict; "
+              f"exit code {EXIT_CRASH}; results written so far are kept)", file=sys.stderr)
+        return EXIT_CRASH
 
 
 if __name__ == "__main__":

@@ -6,8 +6,11 @@ import functools
 import platform
 import subprocess
 from importlib import metadata
+from pathlib import Path
 
-from pipelines.rundir import PROJECT_ROOT
+# The checkout (or installed tree) root: pipelines/.. . Defined here, at the lowest rank, so
+# every layer can use it; pipelines.rundir re-exports it.
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 # Distributions whose versions change results; they are part of every stage key.
 TRACKED_DISTRIBUTIONS = (
@@ -63,7 +66,7 @@ def hardware() -> dict[str, str | int | None]:
     import torch
 
     info: dict[str, str | int | None] = {
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "cpu_count": __import__("os").cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),
@@ -82,14 +85,17 @@ def hardware() -> dict[str, str | int | None]:
     return info
 
 
-def _cpu_model() -> str:
+@functools.cache
+def cpu_model() -> str:
+    """Return the CPU model string (/proc/cpuinfo's "model name"), else the platform's."""
     try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def _nvidia_driver() -> str | None:

@@ -132,6 +132,7 @@ def test_task_directory_with_broken_yaml(capsys, runs, tmp_path, tiny_llama_dir)
     assert "mine.yaml" in err
 
 
+@pytest.mark.slow  # a real sweep: baseline, nf4 and gptq workers
 def test_calibration_set_too_short_fails_only_that_scheme(capsys, runs, tiny_llama_dir):
     code = cli.main(["run", "--quiet", "--no-track", "--model", str(tiny_llama_dir), "--suite", "smoke",
                      "--schemes", "nf4,gptq", "--tasks", "", "--set", "calibration_per_scheme={gptq: {seq_len: 5000000, n_samples: 1}}",
@@ -147,6 +148,7 @@ def test_calibration_set_too_short_fails_only_that_scheme(capsys, runs, tiny_lla
     assert all(nf4["stages"][s]["status"] == "done" for s in ("quantize", "evaluate", "benchmark"))
 
 
+@pytest.mark.slow  # a real sweep of the baseline
 def test_scheme_whose_library_cannot_load_is_skipped_and_recorded(capsys, runs, tiny_llama_dir, monkeypatch):
     import json
     import sys

@@ -122,8 +122,10 @@ def test_mlflow_server_holds_one_parent_and_every_child(sweep):
     assert sorted(r.data.tags["scheme"] for r in children) == sorted(SCHEMES)
     for child in children:
         assert child.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
-        for metric in ("ppl.wikitext2", "acc.arc_easy", "mem.weights_gib", "speed.decode_tok_s.bs1"):
+        for metric in ("ppl.wikitext2", "acc.arc_easy", "mem.weights_gib"):
             assert metric in child.data.metrics, (child.data.tags["scheme"], metric)
+        # Speed metrics carry their shape (bs1.p<prompt>.g<gen>).
+        assert any(m.startswith("speed.decode_tok_s.bs1.p") for m in child.data.metrics), child.data.tags["scheme"]
         if child.data.tags["scheme"] != "baseline":
             assert "delta.ppl.wikitext2" in child.data.metrics
         assert child.data.tags.get("signoff")

@@ -1,15 +1,31 @@
-"""Gate configuration and per-scheme verdicts on hand-made evidence with known answers."""
+"""Gate configuration and per-scheme verdicts on constructed evidence with known answers.
+
+These are the gates' arithmetic: evidence is built in memory. Reading evidence from the
+files the stages write is tested on real run directories in test_signoff_stage.py.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import types
 
 import numpy as np
 import pytest
 from pydantic import ValidationError
 
 from pipelines.errors import QevalError
-from pipelines.signoff import gates as g
+from pipelines.signoff import evidence, gates, outcome, verdict
+
+# One namespace for the sign-off's public names, as the tests used before the split.
+g = types.SimpleNamespace(
+    Gates=gates.Gates, BatchThreshold=gates.BatchThreshold, merge_gates=gates.merge_gates,
+    SchemeEvidence=evidence.SchemeEvidence, PerplexityEvidence=evidence.PerplexityEvidence,
+    GateResult=outcome.GateResult, SchemeVerdict=verdict.SchemeVerdict,
+    evaluate_scheme=verdict.evaluate_scheme, signoff=verdict.signoff, exit_code=verdict.exit_code,
+    PASS=outcome.PASS, FAIL=outcome.FAIL, INCONCLUSIVE=outcome.INCONCLUSIVE, SKIPPED=outcome.SKIPPED,
+    BASELINE=outcome.BASELINE, NOT_JUDGED=outcome.NOT_JUDGED,
+)
 
 
 def _rows(scores, *, with_norm: bool = True, ids=None) -> list[dict]:
@@ -43,15 +59,10 @@ BIG_ARC = _accuracy(20_000, 0.7, seed=4)
 BIG_PIQA = _accuracy(20_000, 0.65, seed=5)
 
 
-def _ppl_entry(nll: np.ndarray) -> dict:
-    return {
-        "dataset": "wikitext2",
-        "ppl": float(np.exp(nll.mean())),
-        "window_nll": nll.tolist(),
-        "seq_len": 512,
-        "protocol": "gptq",
-        "token_ids_sha256": "abc",
-    }
+def _ppl_entry(nll: np.ndarray) -> evidence.PerplexityEvidence:
+    return g.PerplexityEvidence(
+        window_nll=nll.tolist(), ppl=float(np.exp(nll.mean())), seq_len=512, protocol="gptq", token_ids_sha256="abc"
+    )
 
 
 def _evidence(name, arc, piqa, nll, **cost) -> g.SchemeEvidence:
@@ -165,14 +176,14 @@ def test_perplexity_gate_uses_paired_window_bootstrap(baseline):
 
 def test_perplexity_windows_that_differ_cannot_be_paired(baseline):
     scheme = _evidence("s", BASE_ARC, BASE_PIQA, BASE_NLL)
-    scheme.perplexity["wikitext2"]["token_ids_sha256"] = "other"
+    scheme.perplexity["wikitext2"] = dataclasses.replace(scheme.perplexity["wikitext2"], token_ids_sha256="other")
     with pytest.raises(QevalError, match="token_ids_sha256"):
         g.evaluate_scheme(baseline, scheme, g.Gates())
 
 
 def test_missing_window_nll_is_inconclusive_not_pass(baseline):
     scheme = _evidence("s", BASE_ARC, BASE_PIQA, BASE_NLL)
-    scheme.perplexity["wikitext2"]["window_nll"] = []
+    scheme.perplexity["wikitext2"] = dataclasses.replace(scheme.perplexity["wikitext2"], window_nll=[])
     verdict = g.evaluate_scheme(baseline, scheme, g.Gates())
     result = _by_gate(verdict)["ppl_max_rel_increase[wikitext2]"]
     assert result.verdict == g.INCONCLUSIVE and "window_nll" in result.note
@@ -293,11 +304,32 @@ def test_baseline_is_not_gated(baseline):
     assert verdict.verdict == g.BASELINE and verdict.gates == ()
 
 
-def test_exit_codes():
+def test_exit_codes_incomplete_beats_fail_beats_inconclusive_beats_pass():
     assert g.exit_code([g.PASS, g.PASS]) == 0
     assert g.exit_code([g.PASS, g.FAIL, g.INCONCLUSIVE]) == 1
     assert g.exit_code([g.PASS, g.INCONCLUSIVE]) == 3
+    assert g.exit_code([g.PASS, g.FAIL, g.INCONCLUSIVE, g.NOT_JUDGED]) == 4
     assert g.exit_code([]) == 0
+
+
+def test_a_not_judged_scheme_makes_the_signoff_incomplete_even_beside_a_fail():
+    baseline = _evidence("baseline", BIG_ARC, BIG_PIQA, BASE_NLL)
+    bad = _evidence("bad", _worse(BIG_ARC, 3000), BIG_PIQA, BASE_NLL)
+    report = g.signoff(baseline, [bad], g.Gates(), not_judged={"gptq": "benchmark: failed: OOM"},
+                       order=["gptq", "bad"])
+    assert report["verdicts"] == {"baseline": "BASELINE", "gptq": "NOT JUDGED", "bad": "FAIL"}
+    assert (report["overall"], report["exit_code"]) == ("INCOMPLETE", 4)
+    assert report["not_judged"] == {"gptq": "benchmark: failed: OOM"}
+    entry = report["schemes"][1]
+    assert (entry["scheme"], entry["verdict"], entry["note"], entry["gates"]) == (
+        "gptq", "NOT JUDGED", "benchmark: failed: OOM", [])
+    assert "incomplete (4) > fail (1)" in report["exit_code_precedence"]
+
+
+def test_without_a_judgeable_baseline_nothing_is_judged():
+    report = g.signoff(None, [], g.Gates(), not_judged={"baseline": "evaluate: stale", "nf4": "the baseline is NOT JUDGED"})
+    assert report["verdicts"] == {"baseline": "NOT JUDGED", "nf4": "NOT JUDGED"}
+    assert report["exit_code"] == 4
 
 
 def test_signoff_is_json_with_verdicts_per_scheme_and_overall():
@@ -376,3 +408,84 @@ def test_merge_gates_merges_mappings_and_null_disables():
 
 def test_default_perplexity_threshold_covers_every_measured_dataset():
     assert g.Gates().perplexity_thresholds(["wikitext2", "c4"]) == {"c4": 0.03, "wikitext2": 0.03}
+
+
+# --- cost gates relative to the baseline (issue 10, item 1) -----------------------------------
+
+REL_GATES = {
+    "ppl_max_rel_increase": None, "acc_min_recovery": None, "acc_min_recovery_avg": None,
+    "max_weights_rel": 0.6, "min_decode_rel": {"bs": 1, "value": 1.0}, "max_ttft_rel": {"bs": 1, "value": 1.2},
+}
+
+
+def _costed(name, weights_gib, decode, ttft, **kwargs) -> evidence.SchemeEvidence:
+    return g.SchemeEvidence(scheme=name, weights_gib=weights_gib, decode_tok_s={1: decode}, ttft_ms_p99={1: ttft},
+                            cost_device=kwargs.pop("cost_device", "Test CPU"), **kwargs)
+
+
+def test_relative_cost_gates_compare_the_ratio_to_the_baseline():
+    baseline = _costed("baseline", 0.25, 40.0, 100.0)
+    small_slow = _costed("w4", 0.1, 30.0, 110.0)  # 0.4x the weights, 0.75x the speed, 1.1x the TTFT
+    results = _by_gate(g.evaluate_scheme(baseline, small_slow, g.Gates(**REL_GATES)))
+    weights, decode, ttft = results["max_weights_rel"], results["min_decode_rel[bs1]"], results["max_ttft_rel[bs1]"]
+    assert (weights.verdict, weights.estimate) == (g.PASS, pytest.approx(0.4))
+    assert (decode.verdict, decode.estimate) == (g.FAIL, pytest.approx(0.75))
+    assert (ttft.verdict, ttft.estimate) == (g.PASS, pytest.approx(1.1))
+    assert decode.quantity == "ratio to baseline" and decode.threshold == 1.0
+    assert (decode.baseline, decode.value, decode.delta) == (40.0, 30.0, -10.0)
+    assert "0.75x the baseline, needs ≥ 1x" in decode.note  # the figure and the threshold, in words
+    big = _costed("int8", 0.2, 41.0, 100.0)
+    assert _by_gate(g.evaluate_scheme(baseline, big, g.Gates(**REL_GATES)))["max_weights_rel"].verdict == g.FAIL
+
+
+def test_relative_cost_gates_need_a_representative_baseline_on_the_same_device():
+    scheme = _costed("w4", 0.1, 50.0, 90.0)
+    emulated_base = _costed("baseline", 0.25, 40.0, 100.0, cost_representative=False,
+                            cost_note="measured on cuda (H100), the model's target device is cpu")
+    results = _by_gate(g.evaluate_scheme(emulated_base, scheme, g.Gates(**REL_GATES)))
+    assert {r.verdict for r in results.values()} == {g.SKIPPED}
+    assert "baseline not representative: measured on cuda" in results["max_weights_rel"].note
+    elsewhere = _costed("baseline", 0.25, 40.0, 100.0, cost_device="Other CPU")
+    results = _by_gate(g.evaluate_scheme(elsewhere, scheme, g.Gates(**REL_GATES)))
+    assert results["min_decode_rel[bs1]"].verdict == g.SKIPPED
+    assert "baseline measured on Other CPU, w4 on Test CPU" in results["min_decode_rel[bs1]"].note
+
+
+def test_relative_cost_gate_without_a_baseline_figure_is_inconclusive():
+    baseline = g.SchemeEvidence(scheme="baseline", weights_gib=0.25, cost_device="Test CPU")
+    scheme = _costed("w4", 0.1, 50.0, 90.0)
+    results = _by_gate(g.evaluate_scheme(baseline, scheme, g.Gates(**REL_GATES)))
+    assert results["max_weights_rel"].verdict == g.PASS
+    assert results["min_decode_rel[bs1]"].verdict == g.INCONCLUSIVE
+    assert "for the baseline" in results["min_decode_rel[bs1]"].note
+
+
+def test_every_shipped_suite_judges_cost_relative_to_the_baseline():
+    from pipelines.recipes import available, load_suite
+
+    for name in available("suites"):
+        merged = g.merge_gates(load_suite(name).gates, {})
+        assert merged.max_weights_rel is not None, name
+        assert merged.min_decode_rel is not None and merged.min_decode_rel.bs == 1, name
+
+
+def test_a_model_overrides_a_relative_gate_keeping_the_suite_batch_size():
+    merged = g.merge_gates({"min_decode_rel": {"bs": 1, "value": 1.0}, "max_weights_rel": 0.6},
+                           {"min_decode_rel": {"value": 0.8}, "max_weights_rel": None})
+    assert merged.min_decode_rel == g.BatchThreshold(bs=1, value=0.8) and merged.max_weights_rel is None
+
+
+# --- examples needed, capped at the dataset's size (issue 10, item 9) -------------------------
+
+
+def test_inconclusive_gate_beyond_the_dataset_says_it_cannot_be_settled(baseline):
+    near = _evidence("near", _worse(BASE_ARC, 1), BASE_PIQA, BASE_NLL)  # recovery 0.9976 vs 0.997
+    gates_ = g.Gates(acc_min_recovery=0.997, acc_min_recovery_avg=None, ppl_max_rel_increase=None)
+    baseline.task_sizes["arc_easy"] = 800  # the whole task has 800 examples; 600 were scored
+    result = _by_gate(g.evaluate_scheme(baseline, near, gates_))["acc_min_recovery[arc_easy]"]
+    assert result.verdict == g.INCONCLUSIVE
+    assert result.n_needed is None and result.n_available == 800
+    assert result.note.startswith("cannot be settled with this dataset")
+    baseline.task_sizes["arc_easy"] = 10**9
+    result = _by_gate(g.evaluate_scheme(baseline, near, gates_))["acc_min_recovery[arc_easy]"]
+    assert 600 < result.n_needed <= 10**9

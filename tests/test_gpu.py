@@ -28,12 +28,21 @@ def cuda_runs(tmp_path_factory, tiny_llama_dir):
 @pytest.mark.parametrize("scheme", ["baseline", "gptq", "awq", "nf4", "fp8"])
 def test_scheme_quantizes_reloads_and_benchmarks_on_cuda(cuda_runs, scheme):
     assert run_stages_in_process(cuda_runs.model, scheme, ("quantize", "benchmark"), quiet=True) == 0
+    import torch
+
+    from evals.results import SpeedResult
+
     info = read_json(scheme_dir(cuda_runs.model, scheme).quantize_json)
-    speed = read_json(scheme_dir(cuda_runs.model, scheme).bench_dir / "speed.json")
-    assert info["device"] == "cuda" and speed["device"].startswith("cuda")
+    speed = SpeedResult.read(scheme_dir(cuda_runs.model, scheme).bench_dir / "speed.json")
+    assert info["device"] == "cuda"
+    assert speed.device_kind == "cuda" and speed.device_name == torch.cuda.get_device_name(0)
+    if scheme != "baseline":
+        # the weights stayed quantized on the GPU, so the costs are the scheme's own
+        assert speed.what_ran["quantized_layers"] > 0 and speed.representative, speed.what_ran
     if scheme in ("gptq", "awq"):
         # a CUDA kernel (Marlin, Exllama, ...) rather than the CPU torch fallback
-        assert not any("TorchAten" in k for k in info["kernels"]), info["kernels"]
+        modules = [row["module"] for row in speed.what_ran["layers"]]
+        assert not any("TorchAten" in m for m in modules), modules
 
 
 def test_fp8_dynamic_says_when_it_is_emulated(cuda_runs):

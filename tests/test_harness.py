@@ -115,6 +115,33 @@ def test_tasks_json_records_rendered_definitions_and_provenance(local_run, data_
     assert summary["lm_eval_version"] == "0.4.13"
 
 
+def test_tasks_json_records_dtype_and_the_lm_eval_commands_that_reproduce_it(local_run, tiny_llama_dir):
+    import shlex
+
+    from evals.results import TasksResult
+
+    out, _ = local_run
+    result = TasksResult.read(out / "tasks.json")  # strict: the fields the real run wrote
+    assert result.dtype == "float32"
+    # One command per distinct limit (lm_eval's --limit is global to a call).
+    assert len(result.lm_eval_commands) == len(set(LIMITS.values()))
+    by_limit = {}
+    for command in result.lm_eval_commands:
+        argv = shlex.split(command)
+        assert argv[0] == "lm_eval"
+        args = dict(zip(argv[1::2], argv[2::2], strict=True))
+        model_args = dict(kv.split("=", 1) for kv in args["--model_args"].split(","))
+        assert model_args["pretrained"] == str(tiny_llama_dir) and model_args["dtype"] == "float32"
+        assert model_args["max_length"] == str(result.settings["max_length"])
+        assert args["--include_path"] == result.tasks_dir and args["--batch_size"] == "8"
+        assert args["--device"] == "cpu" and args["--seed"] == "0,1234,1234,1234"
+        by_limit[int(args["--limit"])] = sorted(args["--tasks"].split(","))
+    expected = {}
+    for task, n in LIMITS.items():
+        expected.setdefault(n, []).append(result.lm_eval_tasks[task])
+    assert by_limit == {n: sorted(names) for n, names in expected.items()}
+
+
 def _build_task(cfg: dict):
     from lm_eval.tasks import TaskManager
 
@@ -321,42 +348,11 @@ def test_user_tasks_dir_adds_custom_tasks(tiny_model, data_dir, tmp_path):
     assert DATA_PLACEHOLDER not in (rendered / "user" / "arc_easy_qa.yaml").read_text()
 
 
-def _lm_eval_cli_results(
-    checkpoint: Path, rendered: Path, task: str, limit: int, out: Path
-) -> dict:
-    cli = Path(sys.executable).parent / "lm_eval"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    subprocess.run(
-        [
-            str(cli),
-            "--model",
-            "hf",
-            "--model_args",
-            f"pretrained={checkpoint},dtype=float32",
-            "--device",
-            "cpu",
-            "--tasks",
-            task,
-            "--include_path",
-            str(rendered),
-            "--limit",
-            str(limit),
-            "--batch_size",
-            "8",
-            "--output_path",
-            str(out),
-        ],
-        check=True,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    (results_file,) = out.rglob("results_*.json")
-    return json.loads(results_file.read_text())["results"][task]
-
-
 @pytest.mark.slow
-def test_accuracy_equals_lm_eval_cli_on_saved_checkpoint(tiny_llama_dir, data_dir, tmp_path):
+def test_recorded_lm_eval_command_reproduces_the_accuracy(tiny_llama_dir, data_dir, tmp_path):
+    """Run the `lm_eval` command tasks.json records, as a user would; it gives the same numbers."""
+    import shlex
+
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -371,9 +367,14 @@ def test_accuracy_equals_lm_eval_cli_on_saved_checkpoint(tiny_llama_dir, data_di
         limit=20,
         show_progress=False,
     )
-    cli = _lm_eval_cli_results(
-        tiny_llama_dir, Path(ours["tasks_dir"]), "qeval_arc_easy", 20, tmp_path / "cli"
-    )
+    (command,) = ours["lm_eval_commands"]
+    argv = shlex.split(command)
+    argv[0] = str(Path(sys.executable).parent / "lm_eval")
+    out = tmp_path / "cli"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    subprocess.run([*argv, "--output_path", str(out)], check=True, env=env, capture_output=True, text=True)
+    (results_file,) = out.rglob("results_*.json")
+    cli = json.loads(results_file.read_text())["results"]["qeval_arc_easy"]
     for metric in ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr"):
         assert ours["results"]["arc_easy"][metric] == cli[f"{metric},none"], metric
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import re
 import shutil
 
 import pytest
 from fixtures_rundirs import MODEL, NUMBERS, SCHEMES, write_run_tree
 
+from evals.results import ResultFileError, SpeedResult
 from pipelines.rundir import scheme_dir
 from pipelines.signoff.metrics import (
     GIB,
@@ -16,6 +19,7 @@ from pipelines.signoff.metrics import (
     relative_metrics,
     sanitize_metric_name,
     scheme_metrics,
+    speed_metric_at,
     sweep_rows,
 )
 
@@ -33,7 +37,8 @@ def _documented(name: str) -> bool:
         regex = re.escape(pattern)
         for placeholder in ("<dataset>", "<task>"):
             regex = regex.replace(re.escape(placeholder), r"[A-Za-z0-9_\-]+")
-        regex = regex.replace(re.escape("<N>"), r"\d+")
+        for placeholder in ("<N>", "<P>", "<G>"):
+            regex = regex.replace(re.escape(placeholder), r"\d+")
         if re.fullmatch(regex, name):
             return True
     return False
@@ -53,13 +58,13 @@ def test_scheme_metrics_reads_every_file(runs_dir):
     assert metrics["mem.weights_gib"] == pytest.approx(0.5)
     assert metrics["mem.disk_gib"] == pytest.approx(n["disk_bytes"] / GIB)
     assert metrics["mem.peak_gib"] == pytest.approx(2.0)  # no CUDA: peak RSS
-    assert metrics["speed.decode_tok_s.bs1"] == 80.0
-    assert metrics["speed.prefill_tok_s.bs4"] == 2800.0
-    assert metrics["speed.ttft_ms.p50.bs1"] == 22.0
-    assert metrics["speed.ttft_ms.p99.bs4"] == 80.0
-    assert metrics["speed.itl_ms.p50.bs4"] == 16.6
+    assert metrics["speed.decode_tok_s.bs1.p128.g32"] == 80.0
+    assert metrics["speed.prefill_tok_s.bs4.p128.g32"] == 2800.0
+    assert metrics["speed.ttft_ms.p50.bs1.p128.g32"] == 22.0
+    assert metrics["speed.ttft_ms.p99.bs4.p128.g32"] == 80.0
+    assert metrics["speed.itl_ms.p50.bs4.p128.g32"] == 16.6
     assert metrics["speed.roofline_frac.bs1"] == 0.55
-    assert not any(k.endswith(".bs16") for k in metrics)  # the OOM row gives nothing
+    assert not any(".bs16." in k for k in metrics)  # the OOM row gives nothing
     assert metrics["quant.duration_s"] == 120.0
     assert metrics["quant.compression_ratio"] == pytest.approx(4.0)
 
@@ -116,3 +121,27 @@ def test_sweep_rows_have_deltas_against_the_baseline(runs_dir):
 def test_sanitize_metric_name():
     assert sanitize_metric_name("acc.mmlu(5-shot)") == "acc.mmlu_5-shot_"
     assert sanitize_metric_name("ppl.wikitext2") == "ppl.wikitext2"
+
+
+def test_two_prompt_lengths_at_one_batch_size_are_both_kept(runs_dir):
+    """A suite benchmarking prompts of 128 and 512 tokens reports both, each under its own name."""
+    path = scheme_dir(MODEL, "int8").bench_dir / SpeedResult.FILE
+    speed = SpeedResult.read(path)
+    bs1 = next(r for r in speed.results if r["batch_size"] == 1 and r["status"] == "ok")
+    longer = {**bs1, "prompt_len": 512, "decode_tok_s": {**bs1["decode_tok_s"], "median": 12.0}}
+    dataclasses.replace(speed, results=[*speed.results, longer]).write(path)
+    metrics = scheme_metrics(scheme_dir(MODEL, "int8"))
+    assert metrics["speed.decode_tok_s.bs1.p128.g32"] == NUMBERS["int8"]["speed"][1][1]
+    assert metrics["speed.decode_tok_s.bs1.p512.g32"] == 12.0
+    # One number per batch size (a plot axis) takes the shortest prompt.
+    assert speed_metric_at(metrics, "speed.decode_tok_s", 1) == "speed.decode_tok_s.bs1.p128.g32"
+    assert speed_metric_at(metrics, "speed.decode_tok_s", 8) is None
+
+
+def test_a_result_file_of_another_shape_is_an_error_naming_the_stage(runs_dir):
+    """Readers go through the dataclasses: a file with an unknown key fails loudly, not silently."""
+    path = scheme_dir(MODEL, "int8").bench_dir / SpeedResult.FILE
+    data = SpeedResult.read(path).to_dict()
+    path.write_text(json.dumps({**data, "batch_results": []}), encoding="utf-8")
+    with pytest.raises(ResultFileError, match="unknown key"):
+        scheme_metrics(scheme_dir(MODEL, "int8"))

@@ -26,6 +26,7 @@ def logged_sweep(tmp_path, monkeypatch):
     assert tracking.track_sweep(MODEL, list(SCHEMES))["synced"]
 
 
+@pytest.mark.slow  # starts a Jupyter kernel and MLflow in it
 def test_compare_notebook_executes(logged_sweep, tmp_path, monkeypatch):
     import nbformat
     from jupyter_client.manager import KernelManager
@@ -53,5 +54,6 @@ def test_compare_notebook_executes(logged_sweep, tmp_path, monkeypatch):
     text = "\n".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/markdown", ""))
                      + str(o.get("data", {}).get("text/plain", "")) for o in outputs)
     assert "| gptq-w4g128 |" in text and "delta.ppl.wikitext2" in text
+    assert "speed.decode_tok_s.bs1.p128.g32" in text  # the summary's speed column carries its shape
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) == 3

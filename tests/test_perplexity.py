@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import pytest
@@ -52,13 +53,43 @@ def test_gptq_protocol_matches_a_plain_loop(tiny, wikitext):
     assert result.bits_per_byte > 0 and result.word_ppl > result.ppl  # fewer words than tokens
 
 
-def test_prefix_tokenization_equals_full_tokenization(tiny, wikitext):
+@pytest.mark.parametrize("protocol", ["gptq", "sliding"])
+def test_prefix_tokenization_equals_full_tokenization(tiny, wikitext, protocol):
+    """max_windows tokenizes only a prefix; its windows must be those of the whole text's ids."""
     model, tok = tiny
     text, _ = wikitext
-    capped = compute_perplexity(model, tok, text, dataset="w", seq_len=32, max_windows=3, show_progress=False)
-    # the same windows cut from the whole text's ids
-    full = compute_perplexity(model, tok, text[:200_000], dataset="w", seq_len=32, max_windows=3, show_progress=False)
-    assert capped.token_ids_sha256 == full.token_ids_sha256 and capped.ppl == pytest.approx(full.ppl)
+    capped = compute_perplexity(model, tok, text, dataset="w", protocol=protocol, seq_len=32, max_windows=3,
+                                show_progress=False)
+    # No max_windows: the whole text is tokenized (the path without the prefix shortcut).
+    full = compute_perplexity(model, tok, text[:8_000], dataset="w", protocol=protocol, seq_len=32,
+                              show_progress=False)
+    assert full.n_windows > 3
+    ids = tok(text[:8_000], return_tensors="pt").input_ids[0]  # the full run's ids
+    first = windows_for(len(ids), protocol, 32, None)[:3]
+    scored = torch.cat([ids[f + 1 : e] for _, e, f in first])
+    assert capped.token_ids_sha256 == hashlib.sha256(scored.to(torch.int64).numpy().tobytes()).hexdigest()
+    assert capped.window_nll == pytest.approx(full.window_nll[:3], rel=1e-6)
+    assert capped.window_tokens == full.window_tokens[:3]
+
+
+def test_chunked_nll_equals_one_call(tiny, wikitext):
+    """The NLL computed over chunks of positions equals one fp32 cross-entropy over all of them."""
+    from evals.perplexity import token_nll
+
+    model, tok = tiny
+    ids = tok(wikitext[0][:5_000], return_tensors="pt").input_ids[0][:2 * 96].view(2, 96)
+    with torch.inference_mode():
+        logits = model(ids).logits[:, :-1].to(torch.bfloat16)
+    targets = ids[:, 1:]
+    whole = torch.nn.functional.cross_entropy(
+        logits.float().flatten(0, 1), targets.flatten(), reduction="none"
+    ).view(targets.shape)
+    for chunk in (1, 7, 32, 95, 1000, None):
+        chunked = token_nll(logits, targets, chunk_positions=chunk)
+        assert chunked.dtype == torch.float32 and chunked.shape == whole.shape
+        assert torch.allclose(chunked, whole, rtol=0, atol=1e-6), chunk
+    with pytest.raises(PerplexityError, match="chunk_positions"):
+        token_nll(logits, targets, chunk_positions=0)
 
 
 def test_sliding_with_full_stride_equals_gptq_and_smaller_stride_differs(tiny, wikitext):

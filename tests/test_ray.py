@@ -116,6 +116,7 @@ def test_resources_follow_the_recipe_and_the_cluster(tiny_llama_dir, tmp_path, m
 # ---------------------------------------------------------------------------- against Ray
 
 
+@pytest.mark.slow  # starts a local Ray instance
 def test_a_request_no_node_can_meet_fails_as_bad_input(tiny_llama_dir, tmp_path, monkeypatch):
     jobs = planned_jobs(tiny_llama_dir, tmp_path / "runs", monkeypatch, ["baseline"])
     model = jobs[0][0]

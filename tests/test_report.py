@@ -11,17 +11,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.signoff import gates as g
 from pipelines.signoff import report
+from pipelines.signoff.evidence import PerplexityEvidence, SchemeEvidence
+from pipelines.signoff.gates import Gates
+from pipelines.signoff.verdict import signoff as judge
 
 CHROMIUM = Path("/usr/bin/chromium")
 HOSTILE = '<script>alert("x")</script> & | pipe'
 
 
-def _evidence(name: str, arc: np.ndarray, nll: np.ndarray, **cost) -> g.SchemeEvidence:
-    return g.SchemeEvidence(
+def _evidence(name: str, arc: np.ndarray, nll: np.ndarray, **cost) -> SchemeEvidence:
+    return SchemeEvidence(
         scheme=name,
-        perplexity={"wikitext2": {"ppl": float(np.exp(nll.mean())), "window_nll": nll.tolist()}},
+        perplexity={"wikitext2": PerplexityEvidence(window_nll=nll.tolist(), ppl=float(np.exp(nll.mean())))},
         task_samples={"arc_easy": [{"doc_id": i, "acc": int(a)} for i, a in enumerate(arc)]},
         **cost,
     )
@@ -49,8 +51,8 @@ def signoff() -> dict:
         _evidence("gptq-w4", worse, nll + 0.3, weights_gib=0.08),
         _evidence("awq-w4", near, nll + 0.001, weights_gib=0.08),
     ]
-    gates = g.Gates(acc_min_recovery=0.997, max_weights_gib=0.1)
-    return g.signoff(baseline, schemes, gates)
+    gates = Gates(acc_min_recovery=0.997, max_weights_gib=0.1)
+    return judge(baseline, schemes, gates)
 
 
 @pytest.fixture(scope="module")
@@ -146,6 +148,42 @@ def test_html_is_self_contained_and_escapes_text(html_file):
 def test_html_without_a_pareto_plot_says_so(signoff, context):
     text = report.render_html(signoff, context, None)
     assert "No Pareto plot was produced." in text and "data:image" not in text
+
+
+@pytest.fixture(scope="module")
+def incomplete() -> dict:
+    """One scheme judged (an inconclusive gate the dataset cannot settle), one NOT JUDGED."""
+    arc = (np.random.default_rng(1).random(300) < 0.7).astype(int)
+    near = arc.copy()
+    near[np.flatnonzero(arc)[:1]] = 0
+    nll = np.random.default_rng(2).normal(3.0, 0.4, 60)
+    baseline = _evidence("bf16", arc, nll)
+    baseline.task_sizes["arc_easy"] = 300  # every example was scored: more do not exist
+    gates = Gates(acc_min_recovery=0.997, acc_min_recovery_avg=None)
+    return judge(baseline, [_evidence("awq-w4", near, nll)], gates,
+                 not_judged={"gptq-w4": "benchmark: failed: RuntimeError: out of memory <bs 8>"},
+                 order=["gptq-w4", "awq-w4"])
+
+
+def test_not_judged_schemes_get_their_own_section_and_an_incomplete_overall(incomplete, context):
+    md = report.render_markdown(incomplete, context)
+    assert "**Overall: INCOMPLETE** (exit code 4)" in md
+    assert re.search(r"^\| gptq-w4 \| NOT JUDGED \|", md, re.M)
+    section = md.split("## Not judged", 1)[1].split("## Gates", 1)[0]
+    assert "| gptq-w4 | benchmark: failed: RuntimeError: out of memory &lt;bs 8&gt; |" in section
+    text = report.render_html(incomplete, context, None)
+    parser = _TableParser()
+    parser.feed(text)
+    assert parser.rows["not-judged"] == [["gptq-w4", "benchmark: failed: RuntimeError: out of memory <bs 8>"]]
+    assert parser.rows["verdicts"] == [["bf16", "BASELINE"], ["gptq-w4", "NOT JUDGED"], ["awq-w4", "INCONCLUSIVE"]]
+    assert 'class="verdict v-not-judged"' in text and 'class="verdict v-incomplete"' in text
+
+
+def test_a_gate_the_dataset_cannot_settle_says_so_instead_of_a_count(incomplete, context):
+    md = report.render_markdown(incomplete, context)
+    row = next(line for line in md.splitlines() if line.startswith("| awq-w4 | acc_min_recovery[arc_easy]"))
+    assert "more than the dataset has (300)" in row and "cannot be settled with this dataset" in row
+    assert "≈" not in row
 
 
 @pytest.mark.skipif(

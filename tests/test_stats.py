@@ -181,3 +181,61 @@ def test_bad_input_raises_a_clear_error(base, scheme, message):
 def test_bad_settings_raise():
     with pytest.raises(stats.StatsError, match="confidence"):
         stats.perplexity_increase_bootstrap([1.0, 2.0], [1.0, 2.0], confidence=95)
+
+
+# --- the point is the plain paired estimate; pseudo pairs only widen (issue 10, item 9) --------
+
+
+def test_pseudo_pairs_widen_the_interval_but_never_move_it():
+    # 10 examples the baseline got right, half of them lost by the scheme: recovery 0.5. The plain
+    # paired bootstrap draws Binomial(10, 0.5)/10, whose 2.5% and 97.5% points are 0.2 and 0.8.
+    # One pseudo disagreement each way recentres on 6/11 = 0.545; used as they come, they pulled
+    # the lower end up to 0.25, so a lost answer looked partly recovered.
+    base, scheme = np.ones(10), np.array([1.0] * 5 + [0.0] * 5)
+    result = stats.paired_accuracy_bootstrap(base, scheme)
+    assert result.recovery.estimate == 0.5 and result.difference.estimate == -0.5
+    assert result.recovery.lo <= 0.2 and result.recovery.hi >= 0.8
+    assert result.difference.lo <= -0.8 and result.difference.hi >= -0.2
+    # Bounded by what the quantity can be: a recovery is never negative, a difference >= -1.
+    assert result.recovery.lo >= 0.0 and result.difference.lo >= -1.0
+
+
+def test_average_recovery_point_is_the_plain_average_and_interval_covers_the_plain_one():
+    base, scheme = np.ones(10), np.array([1.0] * 5 + [0.0] * 5)
+    interval = stats.average_recovery_bootstrap([(base, scheme)])
+    assert interval.estimate == 0.5
+    assert interval.lo <= 0.2 and interval.hi >= 0.8
+
+
+def test_resampling_counts_matches_resampling_indices():
+    # 0/1 scores are resampled as multinomial counts of the four (baseline, scheme) value pairs;
+    # the same data made continuous by a negligible offset is resampled by index.
+    base = _scores(400, 0.7, seed=13)
+    scheme = np.where(np.random.default_rng(14).random(400) < 0.15, 1 - base, base)
+    jitter = np.arange(400) * 1e-12
+    counts = stats.paired_accuracy_bootstrap(base, scheme, n_resamples=4000).difference
+    indices = stats.paired_accuracy_bootstrap(base + jitter, scheme + jitter, n_resamples=4000).difference
+    assert counts.estimate == pytest.approx(indices.estimate, abs=1e-9)
+    assert counts.half_width == pytest.approx(indices.half_width, rel=0.1)
+
+
+# --- examples needed to settle, capped at the dataset's size (issue 10, item 9) ---------------
+
+
+def test_examples_to_settle_within_the_dataset_gives_the_count():
+    settling = stats.examples_to_settle(100, 0.0, -1.0, 1.0, 0.5, dataset_size=1000)
+    assert (settling.n_needed, settling.note) == (400, None)
+
+
+def test_examples_to_settle_beyond_the_dataset_cannot_be_settled():
+    settling = stats.examples_to_settle(100, 0.0, -1.0, 1.0, 0.25, dataset_size=1000)  # needs 1600
+    assert settling.n_needed is None
+    assert settling.note.startswith("cannot be settled with this dataset")
+    assert "1600" in settling.note and "1000" in settling.note
+
+
+def test_examples_to_settle_without_a_known_size_says_it_is_uncapped():
+    settling = stats.examples_to_settle(100, 0.0, -1.0, 1.0, 0.25, dataset_size=None)
+    assert settling.n_needed == 1600 and "not capped" in settling.note
+    on_threshold = stats.examples_to_settle(100, 0.5, 0.0, 1.0, 0.5, dataset_size=1000)
+    assert on_threshold.n_needed is None and "will not settle" in on_threshold.note

@@ -97,6 +97,8 @@ def test_track_sweep_logs_parent_and_nested_children(store, tmp_path):
         assert params["eval.ppl.wikitext2.protocol"] == "gptq"
         assert params["eval.ppl.c4.source.sha256"]
         assert params["eval.tasks.hellaswag.limit"] == "20"
+        assert params["eval.tasks.dtype"] == "float32" and params["bench.device_kind"] == "cpu"
+        assert json.loads(params["bench.what_ran.matmul_ops"]) == ["aten::mm"]
         assert params["git_commit"] and params["lib.mlflow"] and params["hw.cpu_model"]
         assert "hw.gpu_count" in params
         contexts = {(i.dataset.name, t.value) for i in run.inputs.dataset_inputs for t in i.tags}
@@ -172,7 +174,8 @@ def test_a_lost_run_id_is_found_again_by_its_tags(store):
 
 def test_compare_reads_back_the_latest_sweep_with_deltas(store):
     tracking.track_sweep(MODEL, list(SCHEMES))
-    rows = tracking.compare(MODEL)
+    rows, source = tracking.compare(MODEL)
+    assert source.startswith("source: MLflow ") and SWEEP_ID in source
     assert [r["scheme"] for r in rows] == list(SCHEMES)
     by_scheme = {r["scheme"]: r for r in rows}
     assert by_scheme["gptq-w4g128"]["delta.ppl.wikitext2"] == pytest.approx(1.0)
@@ -193,10 +196,10 @@ def test_compare_reads_back_the_latest_sweep_with_deltas(store):
     second = tracking.track_sweep(MODEL, list(SCHEMES))
     assert len(_runs()) == 2 * (1 + len(SCHEMES))
     assert _client().get_run(second["child_run_ids"]["baseline"]).data.tags["mlflow.parentRunId"] == second["parent_run_id"]
-    latest = {r["scheme"]: r for r in tracking.compare(MODEL)}
+    latest = {r["scheme"]: r for r in tracking.compare(MODEL)[0]}
     assert latest["gptq-w4g128"]["delta.ppl.wikitext2"] == pytest.approx(5.0)
     assert latest["gptq-w4g128"]["sweep_id"] == "sweep-0002"
-    old = {r["scheme"]: r for r in tracking.compare(MODEL, sweep_id=SWEEP_ID)}
+    old = {r["scheme"]: r for r in tracking.compare(MODEL, sweep_id=SWEEP_ID)[0]}
     assert old["gptq-w4g128"]["delta.ppl.wikitext2"] == pytest.approx(1.0)
 
 
@@ -209,7 +212,7 @@ def test_compare_names_the_fix_when_nothing_was_logged(store):
 
 def test_format_table_markdown_csv_json(store):
     tracking.track_sweep(MODEL, list(SCHEMES))
-    rows = tracking.compare(MODEL)
+    rows, _ = tracking.compare(MODEL)
     markdown = tracking.format_table(rows)
     header = markdown.splitlines()[0]
     assert header.startswith("| scheme |") and "delta.ppl.wikitext2" in header
@@ -265,7 +268,7 @@ def test_experiment_from_env_and_argument(store, monkeypatch):
     result = tracking.track_sweep(MODEL, ["baseline", "int8"])
     assert result["experiment"] == "team/quant"
     assert len(_runs("team/quant")) == 3
-    assert [r["scheme"] for r in tracking.compare(MODEL)] == ["baseline", "int8"]
+    assert [r["scheme"] for r in tracking.compare(MODEL)[0]] == ["baseline", "int8"]
 
 
 def test_sync_uploads_only_unsynced_sweeps(store):

@@ -57,7 +57,8 @@ def test_sweep_logged_to_a_real_server(server, runs_env):
         assert "ppl.wikitext2" in run.data.metrics and "recipe.scheme.name" in run.data.params
         assert [f.path for f in client.list_artifacts(run_id, "bench")] == ["bench/memory.json", "bench/speed.json"]
     assert any(f.path == "plots" for f in client.list_artifacts(result["parent_run_id"]))
-    rows = tracking.compare(MODEL)
+    rows, source = tracking.compare(MODEL)
+    assert source.startswith(f"source: MLflow {server.url}")
     assert {r["scheme"] for r in rows} == set(SCHEMES)
     assert next(r for r in rows if r["scheme"] == "int8")["delta.ppl.wikitext2"] == pytest.approx(0.2)
 
@@ -98,7 +99,7 @@ def test_outage_then_sync_completes_runs_without_duplicates(server, runs_env, ca
         run = client.get_run(run_id)
         assert run.info.status == "FINISHED"
         assert run.data.tags["mlflow.parentRunId"] == before["parent_run_id"]
-        for key in ("ppl.wikitext2", "acc.hellaswag", "mem.weights_gib", "speed.decode_tok_s.bs1"):
+        for key in ("ppl.wikitext2", "acc.hellaswag", "mem.weights_gib", "speed.decode_tok_s.bs1.p128.g32"):
             assert len(client.get_metric_history(run_id, key)) == 1, (scheme, key)
         assert Manifest(scheme_dir(model, scheme)).data["mlflow"] == {"run_id": run_id, "synced": True}
     assert read_json(model_dir(model) / "sweep.json")["mlflow"]["synced"] is True

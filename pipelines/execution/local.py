@@ -13,10 +13,13 @@ import os
 import subprocess
 import sys
 
+from pipelines.errors import EXIT_BAD_INPUT, EXIT_INCOMPLETE, EXIT_PASS
+
 log = logging.getLogger(__name__)
 
-# Worker exit codes.
-WORKER_OK, WORKER_FAILED, WORKER_BAD_INPUT = 0, 1, 2
+# Worker exit codes: the CLI's own codes, so `qeval worker` and `qeval quantize` mean the same.
+# Anything else (a crash: 5, a signal: negative) also fails the scheme.
+WORKER_OK, WORKER_FAILED, WORKER_BAD_INPUT = EXIT_PASS, EXIT_INCOMPLETE, EXIT_BAD_INPUT
 
 STAGE_GROUPS = (("quantize", "evaluate"), ("benchmark",))
 
@@ -39,28 +42,26 @@ def run_worker(model: str, scheme: str, stages: tuple[str, ...], **flags) -> int
 Job = tuple[str, str]  # (model, scheme)
 
 
-def group_is_cached(model: str, scheme: str, stages: tuple[str, ...]) -> bool:
+def group_is_cached(model: str, scheme: str, stages: tuple[str, ...], *, threads: int | None = None,
+                    profile: bool = False) -> bool:
     """True when every stage of the group finished with the key it would have now.
 
-    Checked here so that a cached rerun does not start a worker process (and
-    import torch) just to find nothing to do.
+    Checked here so that a cached rerun does not start a worker process just to find
+    nothing to do. ``threads``: torch's thread count the worker will have, where it is not
+    this process's (a Ray task's CPUs). The worker checks the keys again in any case.
     """
-    from pipelines.quantizers import get_quantizer
+    from pipelines.errors import QevalError
     from pipelines.rundir import Manifest, scheme_dir
-    from pipelines.stages import benchmark, evaluate
-    from pipelines.stages.common import StageContext, quantize_key
+    from pipelines.stages.common import StageContext
+    from pipelines.stages.keys import stage_keys
 
     try:
-        ctx = StageContext.from_run_dir(model, scheme)
-    except Exception:
-        return False
-    keys = {
-        "quantize": lambda: quantize_key(ctx.recipe, get_quantizer(ctx.recipe.scheme.quantizer).needs_calibration),
-        "evaluate": lambda: evaluate.evaluate_key(ctx),
-        "benchmark": lambda: benchmark.benchmark_key(ctx),
-    }
+        ctx = StageContext.from_run_dir(model, scheme, profile=profile)
+    except QevalError:
+        return False  # no recipe yet: nothing can be cached
     manifest = Manifest(scheme_dir(model, scheme))
-    return all(manifest.is_done(stage, keys[stage]()) for stage in stages)
+    keys = stage_keys(ctx, threads)
+    return all(manifest.is_done(stage, keys[stage]) for stage in stages)
 
 
 def run_local(jobs: list[Job], *, force: bool = False, **flags) -> dict[Job, int]:
@@ -69,7 +70,7 @@ def run_local(jobs: list[Job], *, force: bool = False, **flags) -> dict[Job, int
     for model, scheme in jobs:
         code = WORKER_OK
         for group in STAGE_GROUPS:
-            if not force and group_is_cached(model, scheme, group):
+            if not force and group_is_cached(model, scheme, group, profile=flags.get("profile", False)):
                 log.info("%s/%s: %s up to date", model, scheme, " -> ".join(group))
                 continue
             code = run_worker(model, scheme, group, force=force, **flags)
@@ -81,7 +82,30 @@ def run_local(jobs: list[Job], *, force: bool = False, **flags) -> dict[Job, int
 
 def run_stages_in_process(model: str, scheme: str, stages: tuple[str, ...], *, force: bool = False,
                           quiet: bool = False, profile: bool = False) -> int:
-    """The worker body: run ``stages`` of one scheme here; return a worker exit code."""
+    """The worker body: run ``stages`` of one scheme here; return a worker exit code.
+
+    Holds the scheme's stage lock while it runs, so a second sweep (or a stage command) of
+    the same scheme waits, then finds the stages finished under their keys and skips them:
+    each stage runs once, and no two processes write one checkpoint.
+    """
+    from filelock import Timeout
+
+    from pipelines.rundir import file_lock, scheme_dir
+
+    lock = file_lock(scheme_dir(model, scheme).root / ".stages", timeout_s=-1)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.info("%s/%s: another process is running this scheme's stages; waiting for it", model, scheme)
+        lock.acquire()
+    try:
+        return _run_stages_locked(model, scheme, stages, force=force, quiet=quiet, profile=profile)
+    finally:
+        lock.release()
+
+
+def _run_stages_locked(model: str, scheme: str, stages: tuple[str, ...], *, force: bool, quiet: bool,
+                       profile: bool) -> int:
     from pipelines.rundir import Manifest
     from pipelines.stages import benchmark, evaluate, quantize
     from pipelines.stages.common import StageContext

@@ -22,14 +22,15 @@ from typing import Any
 from evals.data import DataError, resolve_data_dir, spec
 from pipelines import recipes as cfg
 from pipelines.errors import QevalError, UnsupportedHere
+from pipelines.recipes import user_files
 from pipelines.recipes.models import resolve_model
+from pipelines.recipes.reachable import check_model_reachable
 from pipelines.rundir import (
     Manifest,
+    locked_json,
     model_dir,
-    read_json,
     scheme_dir,
     stable_hash,
-    write_json_atomic,
     write_text_atomic,
 )
 from pipelines.stages.common import StageContext
@@ -74,11 +75,20 @@ class Plan:
 def expand_schemes(requested: list[str]) -> list[str]:
     names = cfg.available("schemes")
     if requested == ["all"]:
-        return [n for n in names if n != "prequantized"]
+        # A prequantized scheme evaluates a checkpoint the user names; "all" cannot pick one.
+        from pipelines.quantizers import get_quantizer
+
+        return [n for n in names if not get_quantizer(cfg.load_scheme(n).quantizer).prequantized]
+    out = []
     for name in requested:
+        if user_files.is_recipe_path(name):  # a user's own scheme file: its name is the file's
+            out.append(user_files.register("schemes", name))
+            continue
         if name not in names:
-            raise QevalError(cfg.unknown_name_message("scheme", name, names))
-    return requested
+            raise QevalError(cfg.unknown_name_message("scheme", name, names)
+                             + " (or give a path to your own scheme YAML file)")
+        out.append(name)
+    return out
 
 
 def suite_with_overrides(suite: cfg.SuiteRecipe, opts: SweepOptions) -> cfg.SuiteRecipe:
@@ -102,10 +112,12 @@ def suite_with_overrides(suite: cfg.SuiteRecipe, opts: SweepOptions) -> cfg.Suit
 
 def plan(opts: SweepOptions) -> Plan:
     """Resolve and validate every scheme's recipe; raise QevalError on bad input, write nothing."""
+    from pipelines.quantizers import get_quantizer
     from pipelines.signoff import gates
     from pipelines.stages import quantize
 
     model = resolve_model(opts.model)
+    check_model_reachable(model)  # no network, gated, unknown id, bad path: exit 2 before any work
     suite = suite_with_overrides(cfg.load_suite(opts.suite or model.default_suite), opts)
     schemes = expand_schemes(opts.schemes or suite.schemes)
     if "baseline" not in schemes:
@@ -117,7 +129,7 @@ def plan(opts: SweepOptions) -> Plan:
     recipes, skipped = {}, {}
     for scheme in schemes:
         recipe = cfg.resolve_recipe(model, scheme, suite)
-        if recipe.scheme.quantizer == "prequantized" and opts.prequantized:
+        if opts.prequantized and get_quantizer(recipe.scheme.quantizer).prequantized:
             recipe.scheme.source = opts.prequantized
         if recipe.scheme.baseline and recipe.scheme.baseline != model.name:
             raise QevalError(f"scheme {scheme} is compared against {recipe.scheme.baseline}, not {model.name}: "
@@ -142,7 +154,9 @@ def check_context(model: cfg.ModelRecipe, suite: cfg.SuiteRecipe) -> None:
 
     from pipelines.recipes.models import max_context, source_path
 
-    context = max_context(AutoConfig.from_pretrained(source_path(model), revision=model.revision), model)
+    config = AutoConfig.from_pretrained(source_path(model), revision=model.revision,
+                                        trust_remote_code=model.trust_remote_code)
+    context = max_context(config, model)
     if seq_len > context:
         raise QevalError(
             f"perplexity.seq_len {seq_len} is longer than {model.name}'s context ({context} tokens). "
@@ -153,6 +167,7 @@ def check_context(model: cfg.ModelRecipe, suite: cfg.SuiteRecipe) -> None:
 def check_data(suite: cfg.SuiteRecipe) -> None:
     """Every local data file the sweep will read must exist before anything starts."""
     task_data = task_datasets(suite.tasks.names, suite.tasks.tasks_dir)  # checks the tasks in any case
+    check_task_limits(suite.tasks)
     data_dir = resolve_data_dir(suite.data_dir)
     if data_dir is None:
         return  # the Hub; failures surface when a stage loads the data
@@ -165,6 +180,16 @@ def check_data(suite: cfg.SuiteRecipe) -> None:
                     f"dataset {name!r}: missing file {data_dir / rel}. Put it there, point QEVAL_DATA_DIR "
                     "at a folder that has it, or unset QEVAL_DATA_DIR to read it from the Hub."
                 )
+
+
+def check_task_limits(tasks: cfg.TasksConfig) -> None:
+    """A per-task limit must name a task that runs (the harness's own rule, applied before any work)."""
+    if not isinstance(tasks.limit, dict) or not tasks.names:
+        return
+    from evals.harness import discover_tasks, limits_by_task, resolve_names
+
+    defs = discover_tasks(Path(tasks.tasks_dir).expanduser() if tasks.tasks_dir else None)
+    limits_by_task(tasks.limit, resolve_names(tasks.names, defs))
 
 
 def task_datasets(names: list[str], tasks_dir: str | None) -> set[str]:
@@ -206,28 +231,44 @@ def check_lm_eval_tasks(names: list[str], defs: dict) -> None:
                         "other names must be lm-eval task names (`lm_eval ls tasks`) or defined in --tasks-dir.")
 
 
-def write_plan(p: Plan, opts: SweepOptions) -> dict[str, Any]:
-    """Write recipes and sweep.json; keep the sweep id (and MLflow runs) of an identical earlier sweep."""
-    mdir = model_dir(p.model)
-    sweep_path = mdir / "sweep.json"
-    key = stable_hash({"suite": p.suite, "recipes": {s: r.model_dump(mode="json") for s, r in p.recipes.items()}})
-    previous = read_json(sweep_path) if sweep_path.is_file() else {}
-    sweep = previous if previous.get("key") == key else {
-        "sweep_id": time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6],
-        "key": key,
-        "mlflow": {},
-    }
-    sweep.update(model=p.model, suite=p.suite, schemes=list(p.recipes), started_at=time.time(),
-                 executor=opts.executor, skipped=p.skipped)
-    for scheme, recipe in p.recipes.items():
+def sweep_key(p: Plan) -> str:
+    """What makes two sweeps the same sweep (same id, same MLflow runs): the recipes, without
+    the paths of the data and task folders (their content is in the stage keys)."""
+    exclude = {"data_dir": True, "tasks": {"tasks_dir"}}
+    return stable_hash({"suite": p.suite,
+                        "recipes": {s: r.model_dump(mode="json", exclude=exclude) for s, r in p.recipes.items()}})
+
+
+def write_plan(p: Plan, opts: SweepOptions, only: list[str] | None = None) -> dict[str, Any]:
+    """Write recipes, manifests and sweep.json; keep the sweep id (and MLflow runs) of an identical
+    earlier sweep.
+
+    With ``only`` (a single-stage command), write just those schemes' recipes and manifests and
+    leave sweep.json's scheme list and id alone; sweep.json is created only when there is none.
+    sweep.json and each manifest are changed under their file locks (concurrent sweeps).
+    """
+    sweep_path = model_dir(p.model) / "sweep.json"
+    schemes = list(p.recipes) if only is None else [s for s in p.recipes if s in only]
+    with locked_json(sweep_path) as sweep:
+        if only is None or not sweep.get("sweep_id"):
+            key = sweep_key(p)
+            if sweep.get("key") != key:
+                sweep.clear()
+                sweep.update(sweep_id=time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6], key=key, mlflow={})
+            sweep.update(model=p.model, suite=p.suite, schemes=schemes, started_at=time.time(),
+                         executor=opts.executor, skipped={s: w for s, w in p.skipped.items() if s in schemes})
+        sweep_id = sweep["sweep_id"]
+    for scheme in schemes:
+        recipe = p.recipes[scheme]
         sdir = scheme_dir(p.model, scheme)
         write_text_atomic(sdir.recipe_path, recipe.to_yaml())
-        manifest = Manifest(sdir)
-        manifest.data.update(model=p.model, scheme=scheme, variant=recipe.scheme.name,
-                             quantizer=recipe.scheme.quantizer, sweep_id=sweep["sweep_id"])
-        if scheme in p.skipped:
-            for stage in PER_SCHEME_STAGES:
-                manifest.data["stages"][stage] = {"status": "skipped", "error": p.skipped[scheme]}
-        manifest.save()
-    write_json_atomic(sweep_path, sweep)
+
+        def change(data, scheme=scheme, recipe=recipe):
+            data.update(model=p.model, scheme=scheme, variant=recipe.scheme.name,
+                        quantizer=recipe.scheme.quantizer, sweep_id=sweep_id)
+            if scheme in p.skipped:
+                for stage in PER_SCHEME_STAGES:
+                    data["stages"][stage] = {"status": "skipped", "error": p.skipped[scheme]}
+
+        Manifest(sdir).update(change)
     return sweep

@@ -198,10 +198,9 @@ def run_group_task(model: str, scheme: str, stages: tuple[str, ...], force: bool
     """The Ray task body: one stage group, with the same setup and exit codes as ``qeval worker``."""
     import ray
 
-    from evals.data import DataError
-    from pipelines.errors import QevalError
     from pipelines.execution.local import run_stages_in_process
     from pipelines.logconfig import configure_logging
+    from pipelines.stages.common import BAD_INPUT_ERRORS
 
     configure_logging(quiet)
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
@@ -211,14 +210,9 @@ def run_group_task(model: str, scheme: str, stages: tuple[str, ...], force: bool
              ray.get_runtime_context().get_node_id()[:8], os.getpid())
     try:
         return run_stages_in_process(model, scheme, stages, force=force, quiet=quiet, profile=profile)
-    except (QevalError, DataError) as exc:
+    except BAD_INPUT_ERRORS as exc:  # the same classification as the CLI's
         log.error("%s/%s: %s", model, scheme, exc)
         return WORKER_BAD_INPUT
-    except ValueError as exc:
-        if type(exc).__module__.startswith("evals."):  # evals' bad-input errors, as the CLI treats them
-            log.error("%s/%s: %s", model, scheme, exc)
-            return WORKER_BAD_INPUT
-        raise
 
 
 def connect() -> bool:
@@ -326,7 +320,10 @@ class Scheduler:
         res = task_resources(recipe, self.cluster, benchmark="benchmark" in stages,
                              memory_gib=self.memory_gib.get(model))
         what = "+".join(stages)
-        if not self.flags["force"] and group_is_cached(model, scheme, stages):
+        # Ray gives a task's torch as many threads as the task has CPUs: the keys use that count.
+        threads = max(1, math.floor(res.num_cpus))
+        if not self.flags["force"] and group_is_cached(model, scheme, stages, threads=threads,
+                                                       profile=self.flags["profile"]):
             log.info("%s/%s: %s up to date", model, scheme, what)  # no task, no worker start
             self.finish(job, stages, WORKER_OK)
             return
@@ -375,8 +372,20 @@ class Scheduler:
                 self.submit(other, STAGE_GROUPS[0])
 
 
+def require_ray() -> None:
+    """The Ray extra is optional: without it, EXECUTOR=ray is bad input with the install command."""
+    import importlib.util
+
+    from pipelines.errors import QevalError
+
+    if importlib.util.find_spec("ray") is None:
+        raise QevalError("EXECUTOR=ray needs the Ray extra, which is not installed: run `make setup RAY=1` "
+                         "(or `pip install -e '.[ray]'`), or use EXECUTOR=local.")
+
+
 def run_ray(jobs: list[Job], *, force: bool, quiet: bool, profile: bool) -> dict[Job, int]:
     """Run every job's stage groups as Ray tasks; a failed task stops only its scheme."""
+    require_ray()
     import ray
 
     if not jobs:

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipelines.execution.local import WORKER_BAD_INPUT, run_local
+from pipelines.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_CRASH,
+    EXIT_FAIL,
+    EXIT_INCOMPLETE,
+    EXIT_INCONCLUSIVE,
+    EXIT_PASS,
+)
+from pipelines.execution.local import WORKER_BAD_INPUT, WORKER_OK, run_local
 from pipelines.execution.plan import PER_SCHEME_STAGES, SweepOptions, plan, write_plan
-from pipelines.rundir import Manifest, model_dir, read_json, scheme_dir, write_json_atomic
+from pipelines.rundir import Manifest, model_dir, scheme_dir, update_json
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +40,9 @@ class SweepResult:
         if self.signoff:
             lines += ["", signoff_table(self.signoff)]
         lines += [""] + self.notes
+        from pipelines.execution.explain import verdict_lines
+
+        lines += verdict_lines(self.model, self.signoff, self.exit_code)
         return "\n".join(lines)
 
 
@@ -64,11 +76,20 @@ def signoff_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run_sweeps(options: list[SweepOptions]) -> list[SweepResult]:
+def run_sweeps(options: list[SweepOptions], announce: Callable[[str], None] | None = None) -> list[SweepResult]:
     """Run one sweep per model: plan all first (bad input fails before any work), execute, then
-    sign off and track each model."""
+    sign off and track each model. ``announce`` gets the first lines: what each sweep will do."""
     start = time.perf_counter()
+    if any(opts.executor == "ray" for opts in options):
+        from pipelines.execution.ray import require_ray
+
+        require_ray()  # before any work: a missing extra is bad input, not a traceback
     plans = [plan(opts) for opts in options]
+    if announce is not None:
+        from pipelines.execution.preview import format_header, preview_plan
+
+        for p, opts in zip(plans, options, strict=True):  # before anything is written: the cache as it is
+            announce(format_header(preview_plan(p, opts)))
     for p, opts in zip(plans, options, strict=True):
         write_plan(p, opts)
     opts0 = options[0]
@@ -83,23 +104,40 @@ def run_sweeps(options: list[SweepOptions]) -> list[SweepResult]:
     return [finish_sweep(p, opts, codes, time.perf_counter() - start) for p, opts in zip(plans, options, strict=True)]
 
 
+# Which code wins when a run has several: a crash, then bad input, then an unfinished sweep,
+# then the verdicts (fail beats inconclusive beats pass).
+EXIT_PRECEDENCE = (EXIT_CRASH, EXIT_BAD_INPUT, EXIT_INCOMPLETE, EXIT_FAIL, EXIT_INCONCLUSIVE, EXIT_PASS)
+
+
+def worst_exit_code(codes: list[int]) -> int:
+    for code in EXIT_PRECEDENCE:
+        if code in codes:
+            return code
+    return EXIT_CRASH if codes else EXIT_PASS  # an unknown code is not a pass
+
+
 def finish_sweep(p, opts: SweepOptions, codes: dict, wall_s: float) -> SweepResult:
-    """Sign off and track one model's sweep once its schemes have run."""
+    """Sign off and track one model's sweep once its schemes have run.
+
+    Exit code: bad input (2) where a worker rejected its input or a scheme the user named
+    cannot run here; incomplete (4) where a stage failed; else the sign-off's code (which is
+    4 itself when a scheme could not be judged).
+    """
+    from pipelines.errors import QevalError
     from pipelines.stages import signoff
 
     schemes = list(p.recipes)
-    model_codes = {s: codes.get((p.model, s), 0) for s in schemes if s not in p.skipped}
+    model_codes = {s: codes.get((p.model, s), WORKER_OK) for s in schemes if s not in p.skipped}
     notes = [f"skipped {s}: {why}" for s, why in p.skipped.items()]
-    notes += [f"FAILED {s}: see {scheme_dir(p.model, s).manifest_path}" for s, c in model_codes.items() if c]
-    result, exit_code = None, 1
+    failed = [s for s, c in model_codes.items() if c not in (WORKER_OK, WORKER_BAD_INPUT)]
+    notes += [f"FAILED {s}: see {scheme_dir(p.model, s).manifest_path}" for s in failed]
+    result, signoff_code = None, EXIT_INCOMPLETE
     try:
         result = signoff.run(p.model, schemes)
-        exit_code = result["exit_code"]
-    except Exception as exc:  # no baseline, most likely; report it, keep every result
+        signoff_code = result["exit_code"]
+    except QevalError as exc:  # no baseline results, most likely; report it, keep every result
         notes.append(f"sign-off not possible: {exc}")
-    sweep = read_json(model_dir(p.model) / "sweep.json")
-    sweep["finished_at"] = time.time()
-    write_json_atomic(model_dir(p.model) / "sweep.json", sweep)
+    update_json(model_dir(p.model) / "sweep.json", lambda sweep: sweep.update(finished_at=time.time()))
     tracking = None
     if opts.track:
         from pipelines import tracking as tracking_mod
@@ -109,10 +147,16 @@ def finish_sweep(p, opts: SweepOptions, codes: dict, wall_s: float) -> SweepResu
         if not tracking.get("synced", False):
             notes.append("MLflow was not reachable: results are kept in the run directories; run `qeval sync` later")
     notes.append(f"results: {model_dir(p.model)}  report: {model_dir(p.model) / 'signoff.html'}")
-    # A scheme that could not run here, or a worker that rejected its input, is
-    # bad input for this request: exit 2, after every other scheme has finished.
-    if p.skipped or WORKER_BAD_INPUT in model_codes.values():
-        exit_code = WORKER_BAD_INPUT
+    codes_here = [signoff_code]
+    # A scheme the user named that cannot run here, or a worker that rejected its input, is bad
+    # input for this request; a scheme that `all` or the suite brought in is only reported.
+    named = set(opts.schemes or []) - {"all"}
+    if named & set(p.skipped) or WORKER_BAD_INPUT in model_codes.values():
+        codes_here.append(EXIT_BAD_INPUT)
+    if failed:
+        codes_here.append(EXIT_INCOMPLETE)
+        notes.append(f"the sweep did not finish: {len(failed)} scheme(s) failed (exit code {EXIT_INCOMPLETE})")
+    exit_code = worst_exit_code(codes_here)
     return SweepResult(p.model, schemes, model_codes, result, tracking, wall_s, exit_code, notes)
 
 

@@ -18,6 +18,7 @@ REGISTRY: dict[str, str] = {
     "awq": "pipelines.quantizers.awq:AWQQuantizer",
     "int8": "pipelines.quantizers.int8:Int8Quantizer",
     "int8-w8a8": "pipelines.quantizers.int8_w8a8:Int8W8A8Quantizer",
+    "int8-wo": "pipelines.quantizers.int8_wo:Int8WOQuantizer",
     "fp8": "pipelines.quantizers.fp8:FP8Quantizer",
     "fp8-dynamic": "pipelines.quantizers.fp8_dynamic:FP8DynamicQuantizer",
     "nf4": "pipelines.quantizers.nf4:NF4Quantizer",

@@ -25,7 +25,8 @@ class AWQQuantizer(Quantizer):
     key = "awq"
     library = "gptqmodel"
     ParamsModel = AWQParams
-    needs_calibration = True
+    format = "awq-gemm"
+    calibrates = True
     folds_input_scales = True
 
     def parse_params(self, raw, where):
@@ -47,8 +48,8 @@ class AWQQuantizer(Quantizer):
         )
         # gptqmodel's default AWQ backend needs CUDA; the torch backend runs anywhere.
         backend = "AUTO" if request.device == "cuda" else "AWQ_TORCH"
-        return _gptqmodel.run(request, config, backend, "awq-gemm")
+        return _gptqmodel.run(request, config, backend, self.format)
 
-    def load(self, checkpoint, device, dtype, n_gpus=1):
+    def load(self, checkpoint, device, dtype, n_gpus=1, *, trust_remote_code=False):
         _gptqmodel.prepare_environment()
-        return super().load(checkpoint, device, dtype, n_gpus)
+        return super().load(checkpoint, device, dtype, n_gpus, trust_remote_code=trust_remote_code)

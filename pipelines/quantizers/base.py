@@ -40,6 +40,7 @@ class QuantizeRequest:
     calibration: Any | None  # pipelines.quantizers.calibration.CalibrationSet for calibrating schemes
     out_dir: Path  # save the checkpoint (and tokenizer) here
     n_gpus: int = 1
+    trust_remote_code: bool = False  # the model recipe's field; every from_pretrained of the model reads it
 
 
 @dataclass
@@ -48,23 +49,53 @@ class QuantizeOutcome:
 
     backend: str  # kernel or format that will run the checkpoint
     format: str  # checkpoint format (gptq, awq-gemm, bitsandbytes, torchao, compressed-tensors, dense)
-    emulated: bool = False  # True where this device runs a dequantized stand-in of the real kernel
     backend_losses: dict[str, float] = field(default_factory=dict)  # per-layer loss the library reports
     notes: list[str] = field(default_factory=list)
 
 
 class Quantizer:
-    """Base class. Subclasses set the class attributes and implement ``quantize``."""
+    """Base class. Subclasses set the class attributes and implement ``quantize``.
+
+    The stages read a scheme's behaviour only from these attributes, never from
+    its name, so a new scheme needs no stage edit.
+    """
 
     key: ClassVar[str]
     library: ClassVar[str]  # distribution name, for its version
     ParamsModel: ClassVar[type[Params]] = Params
-    needs_calibration: ClassVar[bool] = False
+    # Checkpoint format written (the README's scheme table shows it).
+    format: ClassVar[str] = "dense"
+    # Weight bits of the stored layers; None where not fixed by the class (see weight_bits).
+    bits: ClassVar[int | None] = None
+    # The reference every scheme is judged against (no layer errors, no compression).
+    is_reference: ClassVar[bool] = False
+    # Evaluates a checkpoint someone else quantized: nothing is written, the recipe's
+    # ``source`` is the checkpoint, and there is no base model to compare layers with.
+    prequantized: ClassVar[bool] = False
+    # Fits on calibration windows (GPTQ, AWQ, SmoothQuant); the calibration settings
+    # then belong to the stage key.
+    calibrates: ClassVar[bool] = False
+    # The quantize stage reloads the checkpoint and scores each layer against the base model.
+    measures_layer_errors: ClassVar[bool] = True
     stores_compressed: ClassVar[bool] = True
     # Divides layer inputs by scales folded into the op before (AWQ, SmoothQuant);
-    # the per-layer error report then matches the inputs' scales.
+    # the layer report then adds a fitted figure beside the raw one.
     folds_input_scales: ClassVar[bool] = False
     install_hint: ClassVar[str] = "pip install -e ."
+
+    def emulated_on(self, device: str, checkpoint_format: str | None = None) -> bool:
+        """True where ``device`` runs a dequantized stand-in of the scheme's real kernel.
+
+        Quality numbers stay real; speed and memory are not those of the target
+        kernel. ``checkpoint_format`` is the format the quantize stage found; only
+        a prequantized checkpoint's answer depends on it. Default: the library's
+        own kernel runs wherever it loads.
+        """
+        return False
+
+    def weight_bits(self, params: Params) -> int | None:
+        """Bits per stored weight under ``params`` (None: not a fixed-width weight format)."""
+        return getattr(params, "bits", None) or self.bits
 
     def library_version(self) -> str:
         try:
@@ -89,16 +120,12 @@ class Quantizer:
     def quantize(self, request: QuantizeRequest) -> QuantizeOutcome:
         raise NotImplementedError
 
-    def load(self, checkpoint: str, device: str, dtype: str, n_gpus: int = 1):
-        """Load a checkpoint this quantizer wrote; default: plain transformers."""
-        from transformers import AutoModelForCausalLM
+    def load(self, checkpoint: str, device: str, dtype: str, n_gpus: int = 1, *, trust_remote_code: bool = False):
+        """Load a checkpoint this quantizer wrote; default: plain transformers in ``dtype``."""
+        from pipelines.quantizers.loading import load_checkpoint, torch_dtype
 
-        from pipelines.quantizers.loading import device_map_for, torch_dtype
-
-        model = AutoModelForCausalLM.from_pretrained(
-            checkpoint, dtype=torch_dtype(dtype), device_map=device_map_for(device, n_gpus)
-        )
-        return model.eval()
+        return load_checkpoint(checkpoint, device, n_gpus, trust_remote_code=trust_remote_code,
+                               dtype=torch_dtype(dtype))
 
 
 def check_group_size(group_size: int, layer_shapes: dict[str, tuple[int, int]], scheme: str) -> None:
@@ -140,7 +167,9 @@ def match_ignore(patterns: list[str], names: list[str], *, allow_unmatched: tupl
     return matched
 
 
-def save_tokenizer(source: str, out_dir: Path, revision: str | None = None) -> None:
+def save_tokenizer(request: QuantizeRequest, out_dir: Path | None = None) -> None:
+    """Save the base model's tokenizer beside the checkpoint (later stages load it from there)."""
     from pipelines.quantizers.loading import load_tokenizer
 
-    load_tokenizer(source, revision).save_pretrained(out_dir)
+    tokenizer = load_tokenizer(request.source, request.revision, trust_remote_code=request.trust_remote_code)
+    tokenizer.save_pretrained(out_dir or request.out_dir)

@@ -8,12 +8,19 @@ from pipelines.quantizers.base import QuantizeOutcome, Quantizer, QuantizeReques
 class BaselineQuantizer(Quantizer):
     key = "baseline"
     library = "transformers"
+    format = "dense"
+    is_reference = True
+    measures_layer_errors = False  # it is the reference the others are measured against
     stores_compressed = False
+
+    def weight_bits(self, params) -> int | None:
+        return None  # the recipe dtype's width; not a quantized format
 
     def quantize(self, request: QuantizeRequest) -> QuantizeOutcome:
         from pipelines.quantizers.loading import SOURCE_LOAD, load_dense
 
-        model = load_dense(request.source, request.dtype, "cpu", revision=request.revision, stage=SOURCE_LOAD)
+        model = load_dense(request.source, request.dtype, "cpu", revision=request.revision,
+                           trust_remote_code=request.trust_remote_code, stage=SOURCE_LOAD)
         model.save_pretrained(request.out_dir)
-        save_tokenizer(request.source, request.out_dir, request.revision)
-        return QuantizeOutcome(backend="dense", format="dense")
+        save_tokenizer(request)
+        return QuantizeOutcome(backend="dense", format=self.format)

@@ -29,7 +29,8 @@ class GPTQQuantizer(Quantizer):
     key = "gptq"
     library = "gptqmodel"
     ParamsModel = GPTQParams
-    needs_calibration = True
+    format = "gptq"
+    calibrates = True
 
     def parse_params(self, raw, where):
         if "bits" in raw and raw["bits"] not in (4, 8):
@@ -48,8 +49,8 @@ class GPTQQuantizer(Quantizer):
             bits=p.bits, group_size=p.group_size, desc_act=p.desc_act, sym=p.sym, damp_percent=p.damp,
             dynamic=_gptqmodel.skip_dynamic(request.ignore),
         )
-        return _gptqmodel.run(request, config, "AUTO", "gptq")
+        return _gptqmodel.run(request, config, "AUTO", self.format)
 
-    def load(self, checkpoint, device, dtype, n_gpus=1):
+    def load(self, checkpoint, device, dtype, n_gpus=1, *, trust_remote_code=False):
         _gptqmodel.prepare_environment()
-        return super().load(checkpoint, device, dtype, n_gpus)
+        return super().load(checkpoint, device, dtype, n_gpus, trust_remote_code=trust_remote_code)

@@ -15,6 +15,8 @@ class Int8Params(Params):
 class Int8Quantizer(Quantizer):
     key = "int8"
     library = "bitsandbytes"
+    format = "bitsandbytes"
+    bits = 8
     ParamsModel = Int8Params
     install_hint = "pip install bitsandbytes==0.50.2"
 
@@ -30,7 +32,7 @@ class Int8Quantizer(Quantizer):
             llm_int8_skip_modules=list(request.ignore) or None,
         )
         _bnb.quantize_and_save(request, config)
-        return QuantizeOutcome(backend="bitsandbytes Linear8bitLt", format="bitsandbytes")
+        return QuantizeOutcome(backend="bitsandbytes Linear8bitLt", format=self.format)
 
-    def load(self, checkpoint, device, dtype, n_gpus=1):
-        return _bnb.load(checkpoint, device, n_gpus)
+    def load(self, checkpoint, device, dtype, n_gpus=1, *, trust_remote_code=False):
+        return _bnb.load(checkpoint, device, n_gpus, trust_remote_code)

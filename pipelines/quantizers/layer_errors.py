@@ -1,10 +1,11 @@
 """Per-layer relative output error of a quantized model against its base model.
 
-For every linear layer of the base model, the inputs it sees on calibration
-windows are captured; the quantized model's layer of the same name is run on
-the same inputs, and ``||W x - W_q x|| / ||W x||`` is recorded. Each layer is
-judged in isolation (same input), which tells a user which layers to keep in
-higher precision.
+For every linear layer of the base model, the inputs it sees on the held-out
+windows (``calibration.layer_error_windows``: the same for every scheme, never
+used to calibrate) are captured; the quantized model's layer of the same name
+is run on the same inputs, and the raw ``||W x - W_q x|| / ||W x||`` is
+recorded. Each layer is judged in isolation (same input), which tells a user
+which layers to keep in higher precision.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ class LayerError:
     quantized: bool
     module_type: str
     backend_loss: float | None = None
+    rel_error_fitted: float | None = None  # only for schemes that fold input scales; see measure_layer_errors
 
 
 def linear_layer_shapes(model) -> dict[str, tuple[int, int]]:
@@ -77,18 +79,21 @@ def measure_layer_errors(
     backend_losses: dict[str, float] | None = None,
     folds_input_scales: bool = False,
 ) -> list[LayerError]:
-    """Return one LayerError per linear layer, worst first.
+    """Return one LayerError per linear layer, worst raw error first.
 
     Args:
-        windows: calibration token windows fed to both models.
+        windows: held-out token windows fed to the base model (the same for every scheme).
         ignored: layer names kept in high precision (reported with quantized=False).
         max_rows: token rows kept per layer, bounding memory on long windows.
         folds_input_scales: the scheme divides a layer's input by per-channel
             scales folded into the op before it (AWQ, SmoothQuant) and multiplies
-            the weight by them. The scales are estimated per input channel as the
-            RMS ratio of the base and quantized models' inputs, and the base input
-            is divided by them; output channels get a least-squares gain for
-            scales folded the other way. The layer is still judged on its own.
+            the weight by them. ``rel_error`` stays raw (the base input, no
+            correction: the layer as a drop-in for the base layer), and
+            ``rel_error_fitted`` is added: the scales are estimated per input
+            channel as the RMS ratio of the base and quantized models' inputs,
+            the base input is divided by them, and each output channel gets a
+            least-squares gain for scales folded the other way. The gain absorbs
+            some real error, which is why the fitted figure is never the headline.
     """
     import torch
 
@@ -97,10 +102,10 @@ def measure_layer_errors(
     quant_modules = dict(quant_model.named_modules())
     device = next(base_model.parameters()).device
     base_inputs = capture_linear_inputs(base_model, names, windows, max_rows)
-    quant_inputs = {}
     if folds_input_scales:
         quant_inputs = capture_linear_inputs(quant_model, names, windows, max_rows)
     else:
+        quant_inputs = {}
         # A whole-model forward first: compressed-tensors checkpoints stay
         # compressed after loading and decompress on their first forward.
         with torch.inference_mode():
@@ -114,30 +119,40 @@ def measure_layer_errors(
                 continue
             x = base_inputs[name]
             ref = base_modules[name](x.to(device)).float()
+            out = _run_layer(qmod, x, device).to(ref.device)
+            fitted = None
             if folds_input_scales and name in quant_inputs:
-                x = x / _input_scales(x, quant_inputs[name]).to(x.dtype)
-            qdev = _module_device(qmod, device)
-            qdtype = _module_dtype(qmod, x.dtype)
-            out = qmod(x.to(qdev, qdtype)).float().to(ref.device)
-            if folds_input_scales:
+                x_scaled = x / _input_scales(x, quant_inputs[name]).to(x.dtype)
+                out_scaled = _run_layer(qmod, x_scaled, device).to(ref.device)
                 # The layer's output may carry the scales folded into the next
                 # layer (AWQ scales up_proj's rows for down_proj): undo them with a
                 # least-squares gain per output channel.
-                gain = (ref * out).sum(0) / out.pow(2).sum(0).clamp_min(1e-12)
-                out = out * gain
-            denom = ref.norm().item()
-            err = (ref - out).norm().item() / denom if denom > 0 else math.nan
+                gain = (ref * out_scaled).sum(0) / out_scaled.pow(2).sum(0).clamp_min(1e-12)
+                fitted = relative_error(ref, out_scaled * gain)
             results.append(
                 LayerError(
                     layer=name,
-                    rel_error=err,
+                    rel_error=relative_error(ref, out),
                     quantized=name not in ignored,
                     module_type=type(qmod).__name__,
                     backend_loss=(backend_losses or {}).get(name),
+                    rel_error_fitted=fitted,
                 )
             )
     results.sort(key=lambda r: (r.quantized, r.rel_error), reverse=True)
     return results
+
+
+def relative_error(ref, out) -> float:
+    """``||ref - out|| / ||ref||`` over all rows and channels (NaN when the reference is zero)."""
+    denom = ref.norm().item()
+    return (ref - out).norm().item() / denom if denom > 0 else math.nan
+
+
+def _run_layer(qmod, x, default_device):
+    """Run one (quantized) layer on ``x`` in the device and dtype it expects; float32 output."""
+    qdev = _module_device(qmod, default_device)
+    return qmod(x.to(qdev, _module_dtype(qmod, x.dtype))).float()
 
 
 def _input_scales(x_base, x_quant):
@@ -164,16 +179,22 @@ def _module_dtype(module, default):
     return default
 
 
+def _fmt(value: float | None) -> str:
+    return "" if value is None else f"{value:.6g}"
+
+
 def to_csv(errors: list[LayerError]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["layer", "rel_error", "quantized", "module_type", "backend_loss"])
+    writer.writerow(["layer", "rel_error", "quantized", "module_type", "backend_loss", "rel_error_fitted"])
     for e in errors:
         writer.writerow([e.layer, f"{e.rel_error:.6g}", int(e.quantized), e.module_type,
-                         "" if e.backend_loss is None else f"{e.backend_loss:.6g}"])
+                         _fmt(e.backend_loss), _fmt(e.rel_error_fitted)])
     return buf.getvalue()
 
 
 def worst(errors: list[LayerError], n: int = 10) -> list[dict]:
+    """The ``n`` quantized layers with the largest raw error (the fitted figure rides along)."""
     ranked = sorted((e for e in errors if e.quantized), key=lambda e: e.rel_error, reverse=True)
-    return [{"layer": e.layer, "rel_error": e.rel_error, "backend_loss": e.backend_loss} for e in ranked[:n]]
+    return [{"layer": e.layer, "rel_error": e.rel_error, "rel_error_fitted": e.rel_error_fitted,
+             "backend_loss": e.backend_loss} for e in ranked[:n]]

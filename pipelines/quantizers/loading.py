@@ -16,7 +16,6 @@ SOURCE_LOAD = "quantize:source"
 REFERENCE_LOAD = "quantize:reference"
 
 
-
 def torch_dtype(name: str):
     import torch
 
@@ -44,23 +43,47 @@ def count_load(stage: str) -> None:
     LOAD_COUNTS[stage] = LOAD_COUNTS.get(stage, 0) + 1
 
 
-def load_tokenizer(source: str, revision: str | None = None):
+def from_pretrained(source: str, **kwargs: Any):
+    """The one call through which qeval loads a causal LM with transformers.
+
+    Every load of a model (base, reference, quantize-on-load, checkpoint reload)
+    goes through here, so that recipe fields such as ``trust_remote_code`` reach
+    transformers on every path; a test wraps transformers' from_pretrained to check it.
+    """
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(source, **kwargs)
+
+
+def load_tokenizer(source: str, revision: str | None = None, *, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(source, revision=revision)
+    tok = AutoTokenizer.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
 
 
+def load_config(source: str, revision: str | None = None, *, trust_remote_code: bool = False):
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
+
+
 def load_dense(source: str, dtype: str, device: str, *, revision: str | None = None,
                n_gpus: int = 1, trust_remote_code: bool = False, stage: str = "load"):
     """Load an unquantized checkpoint in ``dtype`` on ``device`` (eval mode)."""
-    from transformers import AutoModelForCausalLM
-
     count_load(stage)
-    model = AutoModelForCausalLM.from_pretrained(
+    model = from_pretrained(
         source, revision=revision, dtype=torch_dtype(dtype), device_map=device_map_for(device, n_gpus),
         trust_remote_code=trust_remote_code,
     )
+    return model.eval()
+
+
+def load_checkpoint(checkpoint: str, device: str, n_gpus: int = 1, *, trust_remote_code: bool = False,
+                    **kwargs: Any):
+    """Reload a quantized checkpoint qeval wrote (its config carries the quantization settings)."""
+    model = from_pretrained(checkpoint, device_map=device_map_for(device, n_gpus),
+                            trust_remote_code=trust_remote_code, **kwargs)
     return model.eval()

@@ -16,6 +16,8 @@ class NF4Params(Params):
 class NF4Quantizer(Quantizer):
     key = "nf4"
     library = "bitsandbytes"
+    format = "bitsandbytes"
+    bits = 4
     ParamsModel = NF4Params
     install_hint = "pip install bitsandbytes==0.50.2"
 
@@ -35,7 +37,7 @@ class NF4Quantizer(Quantizer):
             llm_int8_skip_modules=list(request.ignore) or None,
         )
         _bnb.quantize_and_save(request, config)
-        return QuantizeOutcome(backend="bitsandbytes Linear4bit", format="bitsandbytes")
+        return QuantizeOutcome(backend="bitsandbytes Linear4bit", format=self.format)
 
-    def load(self, checkpoint, device, dtype, n_gpus=1):
-        return _bnb.load(checkpoint, device, n_gpus)
+    def load(self, checkpoint, device, dtype, n_gpus=1, *, trust_remote_code=False):
+        return _bnb.load(checkpoint, device, n_gpus, trust_remote_code)

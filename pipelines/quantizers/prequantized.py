@@ -26,7 +26,7 @@ class PrequantizedParams(Params):
     """No parameters: the checkpoint carries its own quantization config."""
 
 
-def read_quant_config(source: str, revision: str | None = None) -> dict:
+def read_quant_config(source: str, revision: str | None = None, *, trust_remote_code: bool = False) -> dict:
     path = Path(source)
     if path.is_dir():
         config_file = path / "config.json"
@@ -34,15 +34,15 @@ def read_quant_config(source: str, revision: str | None = None) -> dict:
             raise QevalError(f"prequantized checkpoint {source}: no config.json; not a transformers checkpoint")
         config = json.loads(config_file.read_text())
     else:
-        from transformers import AutoConfig
+        from pipelines.quantizers.loading import load_config
 
-        config = AutoConfig.from_pretrained(source, revision=revision).to_dict()
+        config = load_config(source, revision, trust_remote_code=trust_remote_code).to_dict()
     return config.get("quantization_config") or {}
 
 
-def detect_format(source: str, revision: str | None = None) -> str:
+def detect_format(source: str, revision: str | None = None, *, trust_remote_code: bool = False) -> str:
     """Return the checkpoint's quantization format, or raise naming the supported ones."""
-    qcfg = read_quant_config(source, revision)
+    qcfg = read_quant_config(source, revision, trust_remote_code=trust_remote_code)
     method = str(qcfg.get("quant_method", "")).lower()
     if method not in FORMATS:
         found = method or "no quantization_config"
@@ -56,19 +56,24 @@ def detect_format(source: str, revision: str | None = None) -> str:
 class PrequantizedQuantizer(Quantizer):
     key = "prequantized"
     library = "transformers"
+    format = "as published"
     ParamsModel = PrequantizedParams
+    prequantized = True
+    # No base model in the same coordinates to compare layers with (it may not even be the same model).
+    measures_layer_errors = False
+
+    def emulated_on(self, device: str, checkpoint_format: str | None = None) -> bool:
+        # transformers decompresses compressed-tensors checkpoints to dense on their
+        # first forward (FP8 kernels are not requested for checkpoints of unknown scheme).
+        return checkpoint_format == "compressed-tensors"
 
     def quantize(self, request: QuantizeRequest) -> QuantizeOutcome:
-        fmt = detect_format(request.source, request.revision)
-        emulated = fmt == "compressed-tensors" and request.device != "cuda"
-        return QuantizeOutcome(backend=f"transformers ({fmt})", format=fmt, emulated=emulated)
+        fmt = detect_format(request.source, request.revision, trust_remote_code=request.trust_remote_code)
+        return QuantizeOutcome(backend=f"transformers ({fmt})", format=fmt)
 
-    def load(self, checkpoint, device, dtype, n_gpus=1):
+    def load(self, checkpoint, device, dtype, n_gpus=1, *, trust_remote_code=False):
         from pipelines.quantizers.backends import gptqmodel as _gptqmodel
+        from pipelines.quantizers.loading import load_checkpoint
 
-        _gptqmodel.prepare_environment()
-        from transformers import AutoModelForCausalLM
-
-        from pipelines.quantizers.loading import device_map_for
-
-        return AutoModelForCausalLM.from_pretrained(checkpoint, device_map=device_map_for(device, n_gpus)).eval()
+        _gptqmodel.prepare_environment()  # GPTQ and AWQ checkpoints load through gptqmodel's kernels
+        return load_checkpoint(checkpoint, device, n_gpus, trust_remote_code=trust_remote_code)

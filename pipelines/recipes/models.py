@@ -10,6 +10,7 @@ from typing import Any
 
 from pipelines.errors import QevalError
 from pipelines.recipes import embedded as default_model
+from pipelines.recipes import user_files
 from pipelines.recipes.resolve import available, load_recipe, unknown_name_message, validate
 from pipelines.recipes.schema import ModelRecipe
 
@@ -25,6 +26,8 @@ def resolve_model(name: str) -> ModelRecipe:
         QevalError: the name is none of these; the message lists the aliases.
     """
     aliases = available("models")
+    if user_files.is_recipe_path(name):  # a user's own model recipe file
+        return validate(ModelRecipe, load_recipe("models", name), str(user_files.recipe_file("models", name)))
     if name in aliases:
         return validate(ModelRecipe, load_recipe("models", name), f"recipes/models/{name}.yaml")
     path = Path(name).expanduser()
@@ -37,7 +40,7 @@ def resolve_model(name: str) -> ModelRecipe:
         return ModelRecipe(name=_safe_name(name.replace("/", "--")), source=name)
     raise QevalError(
         unknown_name_message("model", name, aliases)
-        + ". A model can also be a Hub id (org/name) or a local checkpoint directory."
+        + ". A model can also be a Hub id (org/name), a local checkpoint directory or a model recipe file (.yaml)."
     )
 
 

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from pipelines.errors import QevalError
+from pipelines.recipes import user_files
 from pipelines.recipes.schema import (
     CalibrationConfig,
     CalibrationOverride,
@@ -25,7 +26,25 @@ from pipelines.recipes.schema import (
 )
 from pipelines.rundir.paths import PROJECT_ROOT
 
-RECIPES_DIR = Path(os.environ.get("QEVAL_RECIPES_DIR", PROJECT_ROOT / "recipes"))
+
+def recipes_dir() -> Path:
+    """Where the shipped recipes are: ``QEVAL_RECIPES_DIR``, else the ``qeval_recipes`` package
+    (the repository's top-level recipes/ folder, shipped in the wheel), else recipes/ beside the
+    code (a checkout whose editable install predates the package mapping)."""
+    override = os.environ.get("QEVAL_RECIPES_DIR")
+    if override:
+        return Path(override).expanduser()
+    import importlib.util
+
+    spec = importlib.util.find_spec("qeval_recipes")
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for location in locations:
+        if (Path(location) / "suites").is_dir():
+            return Path(location)
+    return PROJECT_ROOT / "recipes"
+
+
+RECIPES_DIR = recipes_dir()
 
 
 def available(kind: str) -> list[str]:
@@ -82,20 +101,32 @@ def _allowed_fields(model_cls: type[BaseModel], loc: tuple) -> list[str]:
 
 
 def load_recipe(kind: str, name: str) -> dict[str, Any]:
+    user_file = user_files.lookup(kind, name)  # a user's own YAML file (a path, or registered by name)
+    if user_file is not None:
+        data = user_files.localize(kind, _load_yaml(user_file), user_file)
+        data.setdefault("name", user_files.register(kind, str(user_file)))
+        return data
     path = RECIPES_DIR / kind / f"{name}.yaml"
     if not path.is_file():
-        raise QevalError(unknown_name_message(kind.rstrip("s"), name, available(kind)))
+        raise QevalError(unknown_name_message(kind.rstrip("s"), name, available(kind))
+                         + f" (or give a path to your own {kind.rstrip('s')} YAML file)")
     data = _load_yaml(path)
     data.setdefault("name", name)
     return data
 
 
+def recipe_where(kind: str, name: str) -> str:
+    """The file a recipe came from, for error messages."""
+    user_file = user_files.lookup(kind, name)
+    return str(user_file) if user_file is not None else f"recipes/{kind}/{name}.yaml"
+
+
 def load_suite(name: str) -> SuiteRecipe:
-    return validate(SuiteRecipe, load_recipe("suites", name), f"recipes/suites/{name}.yaml")
+    return validate(SuiteRecipe, load_recipe("suites", name), recipe_where("suites", name))
 
 
 def load_scheme(name: str) -> SchemeRecipe:
-    return validate(SchemeRecipe, load_recipe("schemes", name), f"recipes/schemes/{name}.yaml")
+    return validate(SchemeRecipe, load_recipe("schemes", name), recipe_where("schemes", name))
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

@@ -14,12 +14,16 @@ into the run directory and hashed into stage keys.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 DType = Literal["float32", "bfloat16", "float16"]
+# Every value a stage would reject is rejected here, when the recipe is validated at plan
+# time, so a sweep never runs quantize and evaluate only to fail in the benchmark.
+Positive = Annotated[int, Field(gt=0)]
+TaskName = Annotated[str, Field(min_length=1)]
 
 
 class Strict(BaseModel):
@@ -45,7 +49,7 @@ class ModelRecipe(Strict):
     source: str = Field(description="Hub id, local directory, or 'embedded:smollm2-135m'")
     revision: str | None = None
     dtype: DType = "bfloat16"
-    max_context: int | None = Field(None, description="cap on sequence length; default from the config")
+    max_context: int | None = Field(None, gt=0, description="cap on sequence length; default from the config")
     default_suite: str = "standard"
     n_gpus: int = Field(1, ge=0, description="GPUs one stage needs (device_map='auto' across them)")
     resources: Resources = Resources()
@@ -92,28 +96,40 @@ class SchemeRecipe(Strict):
 
 
 class PerplexityConfig(Strict):
-    datasets: list[Literal["wikitext2", "c4"]] = ["wikitext2"]
+    datasets: list[Literal["wikitext2", "c4"]] = Field(["wikitext2"], min_length=1)
     protocol: Literal["gptq", "sliding"] = "gptq"
     seq_len: int | None = Field(None, ge=8, description="default: 2048 capped at the model's context")
     stride: int | None = Field(None, ge=1, description="sliding protocol only; default seq_len // 2")
     max_windows: int | None = Field(None, ge=1, description="score only the first N windows (smoke runs)")
     batch_size: int = Field(4, ge=1)
 
+    @model_validator(mode="after")
+    def _stride_fits_protocol(self) -> PerplexityConfig:
+        if self.stride is not None and self.protocol != "sliding":
+            raise ValueError(f"stride is used only by protocol 'sliding', not {self.protocol!r}: remove it "
+                             "or set protocol: sliding")
+        if self.stride is not None and self.seq_len is not None and self.stride > self.seq_len:
+            raise ValueError(f"stride {self.stride} is longer than seq_len {self.seq_len}: tokens between "
+                             "windows would never be scored. Use stride <= seq_len.")
+        return self
+
 
 class TasksConfig(Strict):
-    names: list[str] = []
-    limit: int | dict[str, int | None] | None = None
+    names: list[TaskName] = []
+    limit: Positive | dict[str, Positive | None] | None = Field(
+        None, description="examples per task: one number, or per task name (None: all)")
     batch_size: int = Field(8, ge=1)
     tasks_dir: str | None = None
 
 
 class BenchmarkConfig(Strict):
-    batch_sizes: list[int] = [1, 8]
-    prompt_lens: list[int] = [128]
-    gen_lens: list[int] = [32]
+    batch_sizes: list[Positive] = Field([1, 8], min_length=1)
+    prompt_lens: list[Positive] = Field([128], min_length=1)
+    # The first token comes from the prefill; decode speed needs at least one more.
+    gen_lens: list[Annotated[int, Field(ge=2)]] = Field([32], min_length=1)
     warmup: int = Field(2, ge=0)
     iters: int = Field(5, ge=1)
-    min_time_s: float = Field(1.0, ge=0)
+    min_time_s: float = Field(1.0, ge=0, allow_inf_nan=False)
     profile: bool = False
 
 

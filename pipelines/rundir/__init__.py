@@ -10,9 +10,11 @@ Layout under the runs root (``QEVAL_RUNS_DIR``, default ``./runs``)::
     runs/<model>/<scheme>/eval/             perplexity.json, tasks.json, samples/<task>.jsonl
     runs/<model>/<scheme>/bench/            speed.json, memory.json, profile.json
 
-Every file is written to a temporary name and moved into place with
+Every file is written to a unique temporary name and moved into place with
 ``os.replace``, and a stage is marked finished in the manifest only after all
-its outputs exist, so a killed stage never looks finished.
+its outputs exist, so a killed stage never looks finished. manifest.json and
+sweep.json are changed only under a file lock (read, change, write), so
+concurrent sweeps, tracking and the Ray crash handler never lose an update.
 """
 
 from pipelines.rundir.atomic import (  # noqa: F401
@@ -24,7 +26,7 @@ from pipelines.rundir.atomic import (  # noqa: F401
     write_text_atomic,
 )
 from pipelines.rundir.keys import stable_hash  # noqa: F401
-from pipelines.rundir.manifest import Manifest  # noqa: F401
+from pipelines.rundir.manifest import Manifest, file_lock, locked_json, update_json  # noqa: F401
 from pipelines.rundir.paths import (  # noqa: F401
     PROJECT_ROOT,
     SchemeDir,

@@ -22,9 +22,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-log = logging.getLogger(__name__)
+from pipelines.environment import PROJECT_ROOT  # noqa: F401  (defined at rank 0; re-exported here)
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+log = logging.getLogger(__name__)
 
 
 def runs_root() -> Path:

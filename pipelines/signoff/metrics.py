@@ -1,14 +1,17 @@
 """Stable metric names computed from a scheme's run directory (no MLflow here).
 
 Every number the pipeline reports under a name is read from the files the
-stages wrote, so MLflow, the compare table, the plots and the sign-off report
-all agree. A missing file means the metrics it would give are absent, never
-zero. The names below are a public interface: the README reproduces this
-table, dashboards and notebooks filter on them, so rename nothing.
+stages wrote, through their dataclasses in ``evals.results``, so MLflow, the
+compare table, the plots and the sign-off report all agree. A missing file
+means the metrics it would give are absent, never zero. The names below are a
+public interface: the README reproduces this table, dashboards and notebooks
+filter on them.
 
 ``<dataset>`` is a perplexity dataset key of ``eval/perplexity.json``
-(``wikitext2``, ``c4``), ``<task>`` an lm-eval task key of ``eval/tasks.json``
-and ``<N>`` a benchmark batch size of ``bench/speed.json``.
+(``wikitext2``, ``c4``), ``<task>`` an lm-eval task key of ``eval/tasks.json``.
+A speed metric carries the shape it was measured at: ``bs<N>.p<P>.g<G>`` is
+batch size N, prompt length P and generation length G (tokens), one row of
+``bench/speed.json``, so a suite with two prompt lengths reports both.
 """
 
 from __future__ import annotations
@@ -19,12 +22,14 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from pipelines.rundir import SchemeDir, model_dir, read_json_if_readable, scheme_dir
+from evals.results import MemoryResult, PerplexityFile, QuantizeResult, SpeedResult, TasksResult
+from pipelines.rundir import SchemeDir, scheme_dir
 
 log = logging.getLogger(__name__)
 
 BASELINE_SCHEME = "baseline"
 GIB = 1024**3
+SHAPE = "bs<N>.p<P>.g<G>"
 
 # name pattern -> (source file, meaning). The README reproduces this table.
 METRIC_NAMES: dict[str, tuple[str, str]] = {
@@ -39,13 +44,13 @@ METRIC_NAMES: dict[str, tuple[str, str]] = {
     "mem.disk_gib": ("bench/memory.json (else quantize/quantize.json)", "checkpoint size on disk, GiB"),
     "mem.weights_gib": ("bench/memory.json", "resident weight bytes after loading, GiB"),
     "mem.peak_gib": ("bench/memory.json", "peak memory: CUDA peak allocated when measured on a GPU, else peak process RSS, GiB"),
-    "speed.prefill_tok_s.bs<N>": ("bench/speed.json", "median prefill tokens/s at batch size N"),
-    "speed.decode_tok_s.bs<N>": ("bench/speed.json", "median decode tokens/s at batch size N"),
-    "speed.ttft_ms.p50.bs<N>": ("bench/speed.json", "median time to first token, ms"),
-    "speed.ttft_ms.p99.bs<N>": ("bench/speed.json", "p99 time to first token, ms"),
-    "speed.itl_ms.p50.bs<N>": ("bench/speed.json", "median inter-token latency, ms"),
-    "speed.itl_ms.p99.bs<N>": ("bench/speed.json", "p99 inter-token latency, ms"),
-    "speed.roofline_frac.bs1": ("bench/speed.json", "decode tok/s at bs1 as a fraction of the memory-bandwidth bound"),
+    f"speed.prefill_tok_s.{SHAPE}": ("bench/speed.json", "median prefill tokens/s at batch size N, prompt P, generation G"),
+    f"speed.decode_tok_s.{SHAPE}": ("bench/speed.json", "median decode tokens/s at that shape"),
+    f"speed.ttft_ms.p50.{SHAPE}": ("bench/speed.json", "median time to first token at that shape, ms"),
+    f"speed.ttft_ms.p99.{SHAPE}": ("bench/speed.json", "p99 time to first token at that shape, ms"),
+    f"speed.itl_ms.p50.{SHAPE}": ("bench/speed.json", "median inter-token latency at that shape, ms"),
+    f"speed.itl_ms.p99.{SHAPE}": ("bench/speed.json", "p99 inter-token latency at that shape, ms"),
+    "speed.roofline_frac.bs1": ("bench/speed.json", "decode tok/s at bs1 (first prompt length) as a fraction of the memory-bandwidth bound"),
     "quant.duration_s": ("quantize/quantize.json", "wall time of quantization, s"),
     "quant.peak_gib": ("quantize/quantize.json", "peak process RSS while quantizing, GiB"),
     "quant.compression_ratio": ("quantize/quantize.json", "baseline bytes / quantized bytes"),
@@ -55,15 +60,14 @@ METRIC_NAMES: dict[str, tuple[str, str]] = {
     "recovery.acc_mean": ("baseline + scheme", "mean acc of the scheme / mean acc of the baseline, over the tasks both ran"),
 }
 
-# When several prompt lengths were benchmarked at one batch size, the first
-# successful result listed in speed.json gives the bs<N> metrics.
+# (row field, statistic of evals.speed.summarize, metric prefix); the shape is appended.
 SPEED_FIELDS = (
-    ("prefill_tok_s", ("median",), "speed.prefill_tok_s.bs{bs}"),
-    ("decode_tok_s", ("median",), "speed.decode_tok_s.bs{bs}"),
-    ("ttft_ms", ("p50", "median"), "speed.ttft_ms.p50.bs{bs}"),
-    ("ttft_ms", ("p99",), "speed.ttft_ms.p99.bs{bs}"),
-    ("itl_ms", ("p50", "median"), "speed.itl_ms.p50.bs{bs}"),
-    ("itl_ms", ("p99",), "speed.itl_ms.p99.bs{bs}"),
+    ("prefill_tok_s", "median", "speed.prefill_tok_s"),
+    ("decode_tok_s", "median", "speed.decode_tok_s"),
+    ("ttft_ms", "p50", "speed.ttft_ms.p50"),
+    ("ttft_ms", "p99", "speed.ttft_ms.p99"),
+    ("itl_ms", "p50", "speed.itl_ms.p50"),
+    ("itl_ms", "p99", "speed.itl_ms.p99"),
 )
 
 TASK_FIELDS = ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr")
@@ -74,6 +78,21 @@ def metric_table_markdown() -> str:
     lines = ["| metric | from | meaning |", "|---|---|---|"]
     lines += [f"| `{name}` | {src} | {meaning} |" for name, (src, meaning) in METRIC_NAMES.items()]
     return "\n".join(lines)
+
+
+def speed_shape(batch_size: int, prompt_len: int, gen_len: int) -> str:
+    """The shape suffix of a speed metric: ``bs1.p64.g16``."""
+    return f"bs{int(batch_size)}.p{int(prompt_len)}.g{int(gen_len)}"
+
+
+def speed_metric_at(names: Iterable[str], prefix: str, batch_size: int) -> str | None:
+    """Among ``names``, the ``<prefix>.bs<batch_size>.p<P>.g<G>`` metric of the shortest prompt, then generation.
+
+    For a view that shows one number per batch size (a plot axis); None when no shape was measured.
+    """
+    pattern = re.compile(rf"{re.escape(prefix)}\.bs{int(batch_size)}\.p(\d+)\.g(\d+)")
+    shapes = sorted((int(m[1]), int(m[2]), name) for name in set(names) if (m := pattern.fullmatch(name)))
+    return shapes[0][2] if shapes else None
 
 
 def _number(value: Any) -> float | None:
@@ -93,80 +112,81 @@ def _put(out: dict[str, float], name: str, value: Any, scale: float = 1.0) -> No
         out[name] = number / scale
 
 
-def _perplexity_metrics(sdir: SchemeDir) -> dict[str, float]:
-    data = read_json_if_readable(sdir.eval_dir / "perplexity.json") or {}
+def _perplexity_metrics(data: PerplexityFile | None) -> dict[str, float]:
     out: dict[str, float] = {}
-    for dataset, entry in data.items():
-        if not isinstance(entry, Mapping):
-            continue
-        _put(out, f"ppl.{dataset}", entry.get("ppl"))
-        _put(out, f"word_ppl.{dataset}", entry.get("word_ppl"))
-        _put(out, f"bits_per_byte.{dataset}", entry.get("bits_per_byte"))
+    for dataset, result in (data.datasets if data else {}).items():
+        _put(out, f"ppl.{dataset}", result.ppl)
+        _put(out, f"word_ppl.{dataset}", result.word_ppl)
+        _put(out, f"bits_per_byte.{dataset}", result.bits_per_byte)
     return out
 
 
-def _task_metrics(sdir: SchemeDir) -> dict[str, float]:
-    data = read_json_if_readable(sdir.eval_dir / "tasks.json") or {}
+def _task_metrics(data: TasksResult | None) -> dict[str, float]:
     out: dict[str, float] = {}
-    for task, entry in (data.get("results") or {}).items():
-        if not isinstance(entry, Mapping):
-            continue
+    for task, entry in (data.results if data else {}).items():
         for field in TASK_FIELDS:
-            # lm-eval keys carry a ",none" filter suffix unless the stage stripped it.
-            _put(out, f"{field}.{task}", entry.get(field, entry.get(f"{field},none")))
+            # Per-task rows are lm-eval's metrics: acc_norm exists only for some tasks.
+            _put(out, f"{field}.{task}", entry.get(field))
     accs = [v for k, v in out.items() if k.startswith("acc.")]
     if accs:
         out["acc_mean"] = sum(accs) / len(accs)
     return out
 
 
-def _memory_metrics(sdir: SchemeDir, quantize: Mapping[str, Any]) -> dict[str, float]:
-    data = read_json_if_readable(sdir.bench_dir / "memory.json") or {}
+def _memory_metrics(data: MemoryResult | None, quantize: QuantizeResult | None) -> dict[str, float]:
     out: dict[str, float] = {}
-    _put(out, "mem.disk_gib", data.get("disk_bytes", quantize.get("disk_bytes")), GIB)
-    _put(out, "mem.weights_gib", data.get("weights_bytes"), GIB)
-    peak = data.get("cuda_peak_allocated_bytes")
-    _put(out, "mem.peak_gib", peak if _number(peak) is not None else data.get("peak_rss_bytes"), GIB)
+    disk = data.disk_bytes if data is not None else None
+    _put(out, "mem.disk_gib", disk if disk is not None else (quantize.disk_bytes if quantize else None), GIB)
+    if data is not None:
+        _put(out, "mem.weights_gib", data.weights_bytes, GIB)
+        peak = data.cuda_peak_allocated_bytes
+        _put(out, "mem.peak_gib", peak if peak is not None else data.peak_rss_bytes, GIB)
     return out
 
 
-def _speed_metrics(sdir: SchemeDir) -> dict[str, float]:
-    data = read_json_if_readable(sdir.bench_dir / "speed.json") or {}
+def _speed_metrics(data: SpeedResult | None) -> dict[str, float]:
     out: dict[str, float] = {}
-    seen_batch_sizes: set[int] = set()
-    for result in data.get("results") or []:
-        bs = result.get("batch_size")
-        if result.get("status", "ok") != "ok" or bs is None or bs in seen_batch_sizes:
+    if data is None:
+        return out
+    seen: set[str] = set()
+    for row in data.results:
+        # Rows are evals.speed's points: an "ok" row has every field, a failed one None.
+        if row["status"] != "ok":
             continue
-        seen_batch_sizes.add(bs)
-        for field, stats, name in SPEED_FIELDS:
-            values = result.get(field) or {}
-            if not isinstance(values, Mapping):
-                _put(out, name.format(bs=bs), values)
-                continue
-            stat = next((s for s in stats if s in values), None)
-            if stat is not None:
-                _put(out, name.format(bs=bs), values[stat])
-    _put(out, "speed.roofline_frac.bs1", (data.get("roofline") or {}).get("frac"))
+        shape = speed_shape(row["batch_size"], row["prompt_len"], row["gen_len"])
+        if shape in seen:
+            log.warning("speed.json has shape %s twice; keeping the first", shape)
+            continue
+        seen.add(shape)
+        for field, stat, prefix in SPEED_FIELDS:
+            _put(out, f"{prefix}.{shape}", row[field][stat])
+    if data.roofline is not None:  # absent when no batch-1 point succeeded
+        _put(out, "speed.roofline_frac.bs1", data.roofline["frac"])
     return out
 
 
-def _quantize_metrics(quantize: Mapping[str, Any]) -> dict[str, float]:
+def _quantize_metrics(quantize: QuantizeResult | None) -> dict[str, float]:
     out: dict[str, float] = {}
-    _put(out, "quant.duration_s", quantize.get("duration_s"))
-    _put(out, "quant.peak_gib", quantize.get("peak_rss_bytes"), GIB)
-    _put(out, "quant.compression_ratio", quantize.get("compression_ratio"))
+    if quantize is not None:
+        _put(out, "quant.duration_s", quantize.duration_s)
+        _put(out, "quant.peak_gib", quantize.peak_rss_bytes, GIB)
+        _put(out, "quant.compression_ratio", quantize.compression_ratio)
     return out
 
 
 def scheme_metrics(sdir: SchemeDir) -> dict[str, float]:
-    """Return every documented metric the scheme's run directory has files for."""
-    quantize = read_json_if_readable(sdir.quantize_json) or {}
+    """Return every documented metric the scheme's run directory has files for.
+
+    Raises:
+        evals.results.ResultFileError: a result file does not have its dataclass's shape
+            (written by another qeval version); the message names the stage to rerun.
+    """
+    quantize = QuantizeResult.read_if_present(sdir.quantize_json)
     out: dict[str, float] = {}
-    out.update(_perplexity_metrics(sdir))
-    out.update(_task_metrics(sdir))
-    out.update(_memory_metrics(sdir, quantize))
-    out.update(_speed_metrics(sdir))
+    out.update(_perplexity_metrics(PerplexityFile.read_if_present(sdir.eval_dir / PerplexityFile.FILE)))
+    out.update(_task_metrics(TasksResult.read_if_present(sdir.eval_dir / TasksResult.FILE)))
+    out.update(_memory_metrics(MemoryResult.read_if_present(sdir.bench_dir / MemoryResult.FILE), quantize))
+    out.update(_speed_metrics(SpeedResult.read_if_present(sdir.bench_dir / SpeedResult.FILE)))
     out.update(_quantize_metrics(quantize))
     return out
 
@@ -215,8 +235,3 @@ def sanitize_metric_name(name: str) -> str:
     """Replace characters MLflow rejects in metric keys (task names are free-form)."""
     return re.sub(r"[^0-9A-Za-z_\-. /:]", "_", name)
 
-
-def sweep_schemes(model: str) -> list[str]:
-    """Return the schemes listed in runs/<model>/sweep.json (empty when it is absent)."""
-    data = read_json_if_readable(model_dir(model) / "sweep.json") or {}
-    return list(data.get("schemes") or [])

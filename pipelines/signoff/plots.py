@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipelines.signoff.metrics import BASELINE_SCHEME
+from pipelines.signoff.metrics import BASELINE_SCHEME, speed_metric_at
 
 log = logging.getLogger(__name__)
 
@@ -133,10 +133,18 @@ def plot_pareto_ppl_vs_weights(
 def plot_pareto_acc_vs_decode(
     rows: Sequence[Mapping[str, Any]], path: Path, *, batch_size: int = 1
 ) -> Path | None:
-    """Plot mean task accuracy against decode tokens/s (both higher is better); None when no data."""
+    """Plot mean task accuracy against decode tokens/s (both higher is better); None when no data.
+
+    Speed metrics carry their shape; the axis is the shortest prompt measured at ``batch_size``.
+    """
+    column = speed_metric_at((k for row in rows for k in row), "speed.decode_tok_s", batch_size)
+    if column is None:
+        log.info("no decode speed at batch size %d; plot %s not written", batch_size, Path(path).name)
+        return None
+    shape = column.removeprefix("speed.decode_tok_s.")
     return _scatter_pareto(
-        rows, f"speed.decode_tok_s.bs{batch_size}", "acc_mean", minimize_x=False, minimize_y=False,
-        xlabel=f"decode tokens/s (batch size {batch_size})", ylabel="mean accuracy",
+        rows, column, "acc_mean", minimize_x=False, minimize_y=False,
+        xlabel=f"decode tokens/s ({shape})", ylabel="mean accuracy",
         title="Accuracy vs decode speed", path=Path(path),
     )
 

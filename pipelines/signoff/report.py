@@ -9,6 +9,9 @@
 - ``caveats``: list of strings (baseline already quantized, cost from emulation, task limits...).
 - ``pareto_png``: path of the Pareto plot relative to the Markdown file (Markdown only; the HTML
   embeds the PNG it is given as base64, so it needs no other file, no network and no script).
+
+Schemes that were NOT JUDGED (a stage failed, was skipped, or is stale) get their own section
+with the reason, and the overall verdict is then INCOMPLETE (exit code 4).
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .v-pass { background: #dafbe1; color: #116329; } .v-fail { background: #ffebe9; color: #a40e26; }
 .v-inconclusive { background: #fff8c5; color: #7d4e00; } .v-skipped { background: #eaeef2; color: #57606a; }
 .v-baseline { background: #ddf4ff; color: #0a3069; }
+.v-not-judged, .v-incomplete { background: #fbefff; color: #6e40c9; }
 .overall { font-size: 1.2rem; }
 .scroll { overflow-x: auto; }
 table#gates { font-size: 0.8rem; } table#gates td.note { min-width: 14rem; }
@@ -70,6 +74,10 @@ def render_markdown(signoff: Mapping[str, Any], context: Mapping[str, Any]) -> s
     lines += _md_table(
         ["Scheme", "Verdict", *(c.title() for c in VERDICT_COLUMNS), "Note"], _verdict_rows(signoff)
     )
+    not_judged = _not_judged_rows(signoff)
+    if not_judged:
+        lines += ["", "## Not judged", "", _NOT_JUDGED_TEXT, ""]
+        lines += _md_table(["Scheme", "Reason"], not_judged)
     lines += ["", "## Gates", ""]
     gate_rows = _gate_rows(signoff)
     lines += _md_table(GATE_HEADERS, gate_rows) if gate_rows else ["No gated scheme."]
@@ -115,6 +123,7 @@ def render_html(
         "</dl>",
         "<h2>Verdicts</h2>",
         _html_verdict_table(signoff),
+        *_html_not_judged(signoff),
         "<h2>Gates</h2>",
         _html_gate_table(signoff),
         "<h2>Quality versus cost</h2>",
@@ -152,6 +161,7 @@ def _header_items(signoff: Mapping[str, Any], context: Mapping[str, Any]) -> lis
         ("Generated", context.get("generated_at")),
         ("Confidence", _fmt(signoff.get("confidence"))),
         ("Bootstrap", f"{signoff.get('n_resamples')} resamples, seed {signoff.get('seed')}"),
+        ("Exit code precedence", signoff.get("exit_code_precedence")),
     ]
     return [(label, str(value)) for label, value in items if value is not None]
 
@@ -169,6 +179,16 @@ def _verdict_rows(signoff: Mapping[str, Any]) -> list[list[str]]:
             ]
         )
     return rows
+
+
+_NOT_JUDGED_TEXT = (
+    "These schemes were not judged: a stage failed, was skipped or is stale (its recipe or code "
+    "changed since it ran), so their files are not evidence. Rerun the sweep to judge them."
+)
+
+
+def _not_judged_rows(signoff: Mapping[str, Any]) -> list[list[str]]:
+    return [[str(s), str(why)] for s, why in (signoff.get("not_judged") or {}).items()]
 
 
 def _gate_rows(signoff: Mapping[str, Any]) -> list[list[str]]:
@@ -253,7 +273,11 @@ def _fmt_needed(gate: Mapping[str, Any]) -> str:
     if gate.get("verdict") != "INCONCLUSIVE":
         return "—"
     needed = gate.get("n_needed")
-    return f"≈ {needed}" if needed is not None else "∞"
+    if needed is not None:
+        return f"≈ {needed}"
+    if "cannot be settled" in (gate.get("note") or ""):
+        return f"more than the dataset has ({_fmt(gate.get('n_available'))})"
+    return "∞"
 
 
 # --- Markdown ---------------------------------------------------------------------------------
@@ -285,7 +309,7 @@ def _h(text: Any) -> str:
 
 
 def _verdict_span(verdict: str) -> str:
-    return f'<span class="verdict v-{_h(verdict.lower())}">{_h(verdict)}</span>'
+    return f'<span class="verdict v-{_h(verdict.lower().replace(" ", "-"))}">{_h(verdict)}</span>'
 
 
 def _html_verdict_table(signoff: Mapping[str, Any]) -> str:
@@ -300,6 +324,15 @@ def _html_verdict_table(signoff: Mapping[str, Any]) -> str:
             f'<tr data-scheme="{_h(scheme)}" data-verdict="{_h(verdict)}">{"".join(cells)}</tr>'
         )
     return _html_table_shell("verdicts", headers, body)
+
+
+def _html_not_judged(signoff: Mapping[str, Any]) -> list[str]:
+    rows = _not_judged_rows(signoff)
+    if not rows:
+        return []
+    body = [f'<tr data-scheme="{_h(s)}"><td>{_h(s)}</td><td>{_h(why)}</td></tr>' for s, why in rows]
+    return ["<h2>Not judged</h2>", f"<p>{_h(_NOT_JUDGED_TEXT)}</p>",
+            _html_table_shell("not-judged", ["Scheme", "Reason"], body)]
 
 
 def _html_gate_table(signoff: Mapping[str, Any]) -> str:

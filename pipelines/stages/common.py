@@ -1,12 +1,17 @@
-"""What every per-scheme stage shares: its context, its key, and the skip/record wrapper."""
+"""What every per-scheme stage shares: its context, the bad-input errors, and the skip/record wrapper.
+
+The stage keys are in pipelines/stages/keys.py.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -14,24 +19,25 @@ from pipelines.environment import library_versions
 from pipelines.errors import QevalError, UnsupportedHere
 from pipelines.quantizers import loading
 from pipelines.recipes import ResolvedRecipe, models
-from pipelines.rundir import Manifest, SchemeDir, read_json, scheme_dir, stable_hash
+from pipelines.rundir import Manifest, SchemeDir, read_json, scheme_dir
 
 log = logging.getLogger(__name__)
 
 
 def _bad_input_errors() -> tuple[type[Exception], ...]:
-    """Errors that mean the input must change (exit code 2), not that a library broke."""
+    """Errors that mean the request must change (exit code 2), not that a library broke.
+
+    The one classification the CLI, the local worker and the Ray task all use: a stage
+    raising one of these is recorded and re-raised (bad input); any other exception fails
+    the stage (the sweep exits 4). Measurement errors from a library (memory, roofline,
+    profiling) are not bad input.
+    """
     from evals.data import DataError
+    from evals.harness import TaskError
     from evals.perplexity import PerplexityError
+    from evals.speed import SpeedMeasurementError
 
-    errors: list[type[Exception]] = [QevalError, DataError, PerplexityError]
-    try:
-        from evals.harness import TaskError
-
-        errors.append(TaskError)
-    except ImportError:
-        pass
-    return tuple(errors)
+    return (QevalError, DataError, PerplexityError, TaskError, SpeedMeasurementError)
 
 
 BAD_INPUT_ERRORS = _bad_input_errors()
@@ -74,15 +80,17 @@ class StageContext:
         return info.get("checkpoint") or str(self.sdir.checkpoint_dir)
 
 
-def quantize_key(recipe: ResolvedRecipe, needs_calibration: bool) -> str:
-    m, s = recipe.model, recipe.scheme
-    return stable_hash({
-        "model": {"source": m.source, "revision": m.revision, "dtype": m.dtype},
-        "scheme": {"quantizer": s.quantizer, "params": s.params, "ignore": s.ignore, "source": s.source},
-        "calibration": recipe.calibration.model_dump() if needs_calibration else None,
-        "data_dir": recipe.data_dir,
-        "versions": library_versions(),
-    })
+@cache
+def _threads_at_start() -> int:
+    """torch's intra-op thread count, read once: a library that changes it mid-run does not
+    change the keys computed later in the same process."""
+    import torch
+
+    return torch.get_num_threads()
+
+
+def torch_threads() -> int:
+    return _threads_at_start()
 
 
 def run_stage(ctx: StageContext, name: str, key: str, body: Callable[[], tuple[list[Path], dict]]) -> str:
@@ -96,6 +104,7 @@ def run_stage(ctx: StageContext, name: str, key: str, body: Callable[[], tuple[l
         log.info("%s/%s: %s is up to date (key %s), skipping", ctx.model, ctx.scheme, name, key)
         return "cached"
     manifest.start(name, key)
+    log.info("%s/%s: %s started (key %s, pid %d)", ctx.model, ctx.scheme, name, key, os.getpid())
     loads_before = dict(loading.LOAD_COUNTS)
     start = time.perf_counter()
     try:
@@ -112,5 +121,8 @@ def run_stage(ctx: StageContext, name: str, key: str, body: Callable[[], tuple[l
         manifest.fail(name, f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}")
         return "failed"
     loads = {k: v - loads_before.get(k, 0) for k, v in loading.LOAD_COUNTS.items() if v != loads_before.get(k, 0)}
-    manifest.finish(name, outputs, time.perf_counter() - start, model_loads=loads, **extra)
+    # versions: `qeval plan` tells "library upgraded" apart; torch_threads: the sign-off checks the
+    # key this stage had in the process that ran it (a Ray task may run with fewer threads).
+    manifest.finish(name, outputs, time.perf_counter() - start, model_loads=loads,
+                    **{"versions": library_versions(), "torch_threads": torch_threads(), **extra})
     return "done"

@@ -10,25 +10,13 @@ from pathlib import Path
 
 from evals.data import perplexity_text, resolve_data_dir
 from evals.perplexity import compute_perplexity
-from pipelines.environment import library_versions
+from evals.results import PerplexityFile, TasksResult
 from pipelines.quantizers import get_quantizer, loading
 from pipelines.recipes import models
-from pipelines.rundir import Manifest, stable_hash, write_json_atomic
 from pipelines.stages.common import StageContext, run_stage
+from pipelines.stages.keys import evaluate_key
 
 log = logging.getLogger(__name__)
-
-
-def evaluate_key(ctx: StageContext) -> str:
-    r = ctx.recipe
-    return stable_hash({
-        "quantize": Manifest(ctx.sdir).stage("quantize").get("key"),
-        "perplexity": r.perplexity.model_dump(),
-        "tasks": r.tasks.model_dump(),
-        "data_dir": r.data_dir,
-        "device": ctx.device,
-        "versions": library_versions(),
-    })
 
 
 DEFAULT_PPL_SEQ_LEN = 2048
@@ -47,9 +35,11 @@ def _evaluate(ctx: StageContext) -> tuple[list[Path], dict]:
     recipe, device = ctx.recipe, ctx.device
     quantizer = get_quantizer(recipe.scheme.quantizer)
     data_dir = resolve_data_dir(recipe.data_dir)
-    tokenizer = loading.load_tokenizer(ctx.base_source, recipe.model.revision)
+    tokenizer = loading.load_tokenizer(ctx.base_source, recipe.model.revision,
+                                     trust_remote_code=recipe.model.trust_remote_code)
     loading.count_load("evaluate")
-    model = quantizer.load(ctx.checkpoint(), device, recipe.model.dtype, recipe.model.n_gpus)
+    model = quantizer.load(ctx.checkpoint(), device, recipe.model.dtype, recipe.model.n_gpus,
+                           trust_remote_code=recipe.model.trust_remote_code)
     context = models.max_context(model.config, recipe.model)
     outputs: list[Path] = []
 
@@ -63,11 +53,9 @@ def _evaluate(ctx: StageContext) -> tuple[list[Path], dict]:
             seq_len=seq_len, stride=ppl_cfg.stride, max_windows=ppl_cfg.max_windows,
             batch_size=ppl_cfg.batch_size, max_context=context, show_progress=ctx.show_progress,
         )
-        results[dataset] = result.to_dict()
+        results[dataset] = result
         log.info("%s/%s: ppl %s = %.3f over %d windows", ctx.model, ctx.scheme, dataset, result.ppl, result.n_windows)
-    ppl_path = ctx.sdir.eval_dir / "perplexity.json"
-    write_json_atomic(ppl_path, results)
-    outputs.append(ppl_path)
+    outputs.append(PerplexityFile(results).write(ctx.sdir.eval_dir / PerplexityFile.FILE))
 
     if recipe.tasks.names:
         from evals.harness import run_tasks
@@ -77,6 +65,7 @@ def _evaluate(ctx: StageContext) -> tuple[list[Path], dict]:
             model, tokenizer, recipe.tasks.names, out_dir=ctx.sdir.eval_dir, data_dir=data_dir,
             tasks_dir=tasks_dir, limit=recipe.tasks.limit, batch_size=recipe.tasks.batch_size,
             max_length=context, show_progress=ctx.show_progress,
+            pretrained=ctx.checkpoint(), tokenizer_source=ctx.base_source,
         )
-        outputs.append(ctx.sdir.eval_dir / "tasks.json")
+        outputs.append(ctx.sdir.eval_dir / TasksResult.FILE)
     return outputs, {}

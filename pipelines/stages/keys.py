@@ -1,21 +1,250 @@
 """Every stage key in one place: a stage whose key matches a finished entry is skipped.
 
-(Being consolidated: the key functions still live beside their stages.)
+A key hashes everything that can change a stage's results, and nothing else:
+
+* quantize: model source/revision/dtype/n_gpus, the scheme, the calibration recipe and the content
+  digest of the calibration data (for schemes that read it), the device, torch's thread count
+  (GPTQ's checkpoint depends on it), library versions and the digest of the quantize code.
+* evaluate: the quantize key, perplexity and task settings, ``max_context``, the content digests of
+  the datasets and of the task YAMLs it reads, the device, threads, versions and its code digest.
+* benchmark: the quantize key, benchmark settings, the device and its hardware, threads, versions
+  and its code digest.
+
+Paths never enter a key: data files and task YAMLs are hashed by content, so moving the data
+directory (or a tasks folder) to another path with the same content reruns nothing, while an
+edited file reruns what read it. Code digests hash the project's own modules by content, so a
+fix to a metric reruns the stage that computes it (and, through the quantize key, a fix to a
+quantizer reruns everything downstream of it).
 """
 
 from __future__ import annotations
 
-from pipelines.stages.common import StageContext
+import hashlib
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from pipelines.environment import hardware, library_versions
+from pipelines.rundir import PROJECT_ROOT, Manifest, stable_hash
+from pipelines.stages.common import StageContext, torch_threads
+
+STAGES = ("quantize", "evaluate", "benchmark")
+
+# evals/ modules only one stage runs (paths relative to evals/; a folder covers its files).
+# Every other evals module (data, results, new ones) counts for all three stages: a module
+# nobody listed here reruns more than it needs to, never less.
+EVALUATE_ONLY = ("perplexity.py", "harness", "tasks")
+BENCHMARK_ONLY = ("speed.py", "memory.py", "roofline.py", "profiling.py", "kernels.py")
+SIGNOFF_ONLY = ("stats.py",)  # the sign-off is recomputed on every run; no stage key needs it
 
 
-def stage_keys(ctx: StageContext) -> dict[str, str]:
-    """The key each per-scheme stage would have now, under the current recipe and environment."""
+# ----------------------------------------------------------------------------- content digests
+
+
+def _file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _python_files(root: Path, rel: str) -> list[Path]:
+    path = root / rel
+    if path.is_file():
+        return [path]
+    return sorted(p for p in path.rglob("*.py") if "__pycache__" not in p.parts) if path.is_dir() else []
+
+
+def _under(rel: Path, prefixes: tuple[str, ...]) -> bool:
+    return any(rel.parts[: len(Path(p).parts)] == Path(p).parts for p in prefixes)
+
+
+def _quantizer_modules_of_other_schemes(scheme_quantizer: str) -> set[str]:
+    """Files of the registered scheme modules other than this quantizer's (relative to the root)."""
+    from pipelines.quantizers import REGISTRY
+
+    def rel(target: str) -> str:
+        return target.split(":")[0].replace(".", "/") + ".py"
+
+    own = rel(REGISTRY[scheme_quantizer]) if scheme_quantizer in REGISTRY else None
+    return {rel(t) for t in REGISTRY.values()} - {own}
+
+
+def code_files(stage: str, quantizer: str, root: Path = PROJECT_ROOT) -> list[Path]:
+    """The project's own modules whose code can change ``stage``'s results."""
+    evals = root / "evals"
+    own_only = {"evaluate": EVALUATE_ONLY, "benchmark": BENCHMARK_ONLY, "quantize": ()}[stage]
+    other_only = tuple(p for p in EVALUATE_ONLY + BENCHMARK_ONLY + SIGNOFF_ONLY if p not in own_only)
+    files = [p for p in _python_files(root, "evals") if not _under(p.relative_to(evals), other_only)]
+    files += _python_files(root, f"pipelines/stages/{stage}.py") + _python_files(root, "pipelines/stages/common.py")
+    if stage == "quantize":
+        others = _quantizer_modules_of_other_schemes(quantizer)
+        files += [p for p in _python_files(root, "pipelines/quantizers")
+                  if p.relative_to(root).as_posix() not in others]
+    return sorted(set(files))
+
+
+def code_digest(stage: str, quantizer: str, root: Path = PROJECT_ROOT) -> str:
+    """sha256 over the contents of :func:`code_files` (named relative to ``root``)."""
+    h = hashlib.sha256()
+    for path in code_files(stage, quantizer, root):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+@cache
+def _sha256_of_version(path: Path, size: int, mtime_ns: int) -> str:
+    """A file's sha256, cached per (path, size, mtime): a file edited in place is hashed again."""
+    return _file_sha256(path)
+
+
+def data_digest(names: list[str] | set[str], data_dir: str | None) -> dict[str, str]:
+    """Content fingerprint of each named dataset: its local files' sha256, or its Hub id."""
+    from evals.data import dataset_fingerprint, resolve_data_dir, spec
+
+    resolved = resolve_data_dir(data_dir)
+    out = {}
+    for name in sorted(names):
+        if resolved is None:
+            out[name] = dataset_fingerprint(name, None)
+            continue
+        # The same files dataset_fingerprint hashes; hashed here with a cache that notices edits
+        # (its own is per path, for one stage's lifetime).
+        s = spec(name)
+        paths = [resolved / rel for rel in filter(None, (s.local_file, s.labels_file))]
+        if not all(p.is_file() for p in paths):
+            out[name] = dataset_fingerprint(name, resolved)  # raises DataError naming the missing file
+            continue
+        out[name] = "+".join(_sha256_of_version(p, p.stat().st_size, p.stat().st_mtime_ns) for p in paths)
+    return out
+
+
+def _includes(path: Path, cfg: dict[str, Any]) -> list[Path]:
+    inc = cfg.get("include")
+    names = [inc] if isinstance(inc, str) else [i for i in inc or [] if isinstance(i, str)]
+    return [Path(n) if Path(n).is_absolute() else path.parent / n for n in names]
+
+
+def task_digest(names: list[str], tasks_dir: str | None) -> tuple[str | None, set[str]]:
+    """Content digest of the task YAMLs the requested tasks read, and the datasets they name.
+
+    Follows group members and ``include:``, and adds the Python files beside each YAML
+    (``!function`` helpers). Tasks that are not local (lm-eval's own) are covered by
+    lm-eval's version. None when no local task is requested.
+    """
+    if not names:
+        return None, set()
+    from evals.harness import TASK_PREFIX, discover_tasks, read_task_yaml
+
+    defs = discover_tasks(Path(tasks_dir).expanduser() if tasks_dir else None)
+    todo = [defs.get(n) or defs.get(TASK_PREFIX + n) for n in names]
+    seen_tasks: set[str] = set()
+    files: set[Path] = set()
+    datasets: set[str] = set()
+    while todo:
+        definition = todo.pop()
+        if definition is None or definition.name in seen_tasks:
+            continue
+        seen_tasks.add(definition.name)
+        datasets |= set(definition.datasets)
+        todo += [defs.get(m) or defs.get(TASK_PREFIX + m) for m in definition.members]
+        stack = [definition.path]
+        while stack:
+            path = stack.pop().resolve()
+            if path in files or not path.is_file():
+                continue
+            files.add(path)
+            files.update(p.resolve() for p in path.parent.glob("*.py"))
+            stack += _includes(path, read_task_yaml(path))
+    if not files:
+        return None, datasets
+    return stable_hash(sorted(_file_sha256(p) for p in files)), datasets
+
+
+# ----------------------------------------------------------------------------- environment parts
+
+
+def _reads_calibration_data(quantizer) -> bool:
+    """Whether the quantize stage reads calibration text for this quantizer: to calibrate, or
+    to score per-layer error on held-out windows of the same dataset."""
+    calibrates = getattr(quantizer, "calibrates", getattr(quantizer, "needs_calibration", False))
+    if calibrates:
+        return True
+    no_layer_report = getattr(quantizer, "is_reference", False) or getattr(quantizer, "prequantized", False)
+    return bool(getattr(quantizer, "measures_layer_errors", True) and not no_layer_report)
+
+
+# ----------------------------------------------------------------------------- the keys
+
+
+def quantize_key(ctx: StageContext, threads: int | None = None) -> str:
     from pipelines.quantizers import get_quantizer
-    from pipelines.stages import benchmark, evaluate
-    from pipelines.stages.common import quantize_key
 
+    recipe = ctx.recipe
+    m, s = recipe.model, recipe.scheme
+    quantizer = get_quantizer(s.quantizer)
+    calibration = None
+    if _reads_calibration_data(quantizer):
+        cal = recipe.calibration
+        calibration = {**cal.model_dump(), "data": data_digest({cal.dataset}, recipe.data_dir)}
+    return stable_hash({
+        "model": {"source": m.source, "revision": m.revision, "dtype": m.dtype, "n_gpus": m.n_gpus},
+        "scheme": {"quantizer": s.quantizer, "params": s.params, "ignore": s.ignore, "source": s.source},
+        "calibration": calibration,
+        "device": ctx.device,
+        "torch_threads": threads or torch_threads(),
+        "versions": library_versions(),
+        "code": code_digest("quantize", s.quantizer),
+    })
+
+
+def evaluate_key(ctx: StageContext, threads: int | None = None, quantize: str | None = None) -> str:
+    r = ctx.recipe
+    tasks = r.tasks.model_dump(exclude={"tasks_dir"})
+    task_yamls, task_data = task_digest(r.tasks.names, r.tasks.tasks_dir)
+    return stable_hash({
+        "quantize": quantize or Manifest(ctx.sdir).stage("quantize").get("key"),
+        "perplexity": r.perplexity.model_dump(),
+        "tasks": tasks,
+        "task_yamls": task_yamls,
+        "data": data_digest(set(r.perplexity.datasets) | task_data, r.data_dir),
+        "max_context": r.model.max_context,
+        "device": ctx.device,
+        "torch_threads": threads or torch_threads(),
+        "versions": library_versions(),
+        "code": code_digest("evaluate", r.scheme.quantizer),
+    })
+
+
+def benchmark_key(ctx: StageContext, threads: int | None = None, quantize: str | None = None) -> str:
+    return stable_hash({
+        "quantize": quantize or Manifest(ctx.sdir).stage("quantize").get("key"),
+        "benchmark": ctx.recipe.benchmark.model_dump(),
+        "profile": ctx.profile,
+        "device": ctx.device,
+        "hardware": {k: v for k, v in hardware().items() if k != "platform"},
+        "torch_threads": threads or torch_threads(),
+        "versions": library_versions(),
+        "code": code_digest("benchmark", ctx.recipe.scheme.quantizer),
+    })
+
+
+def stage_keys(ctx: StageContext, threads: int | None = None) -> dict[str, str]:
+    """The key each per-scheme stage would have now, under the current recipe and environment.
+
+    Evaluate and benchmark chain on the quantize key they would be built on now: where the
+    quantize stage is out of date, they are too. (Inside a worker, each stage computes its own
+    key after the stage before it has run, from the quantize key the manifest recorded.)
+    ``threads`` is torch's thread count the stages will run with, where it is not this
+    process's (a Ray task gets its CPUs).
+    """
+    quantize = quantize_key(ctx, threads)
     return {
-        "quantize": quantize_key(ctx.recipe, get_quantizer(ctx.recipe.scheme.quantizer).needs_calibration),
-        "evaluate": evaluate.evaluate_key(ctx),
-        "benchmark": benchmark.benchmark_key(ctx),
+        "quantize": quantize,
+        "evaluate": evaluate_key(ctx, threads, quantize=quantize),
+        "benchmark": benchmark_key(ctx, threads, quantize=quantize),
     }
+
+
+def calibration_cache_key(ctx: StageContext) -> str:
+    """Key of the tokenized calibration set shared by a model's schemes: content, not paths."""
+    cal = ctx.recipe.calibration
+    return stable_hash({"model": ctx.recipe.model.source, "rev": ctx.recipe.model.revision, **cal.model_dump(),
+                        "data": data_digest({cal.dataset}, ctx.recipe.data_dir)})

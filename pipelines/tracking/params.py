@@ -1,20 +1,56 @@
-"""What a scheme's MLflow run records, read from its run directory: params, tags, dataset uses."""
+"""What a scheme's MLflow run records, read from its run directory: params, tags, dataset uses.
+
+Result files are read through their dataclasses (``evals.results``), never as
+raw dicts, so a renamed or missing field fails here with the file's name.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from evals.results import PerplexityFile, QuantizeResult, SpeedResult, TasksResult
 from pipelines import environment
-from pipelines.rundir import Manifest, SchemeDir, read_json_if_readable
+from pipelines.rundir import Manifest, SchemeDir
 
 log = logging.getLogger(__name__)
 
-# Tells a sweep's parent run ("sweep") from its scheme runs ("scheme"); compare_table reads it back.
+# Tells a sweep's parent run ("sweep") from its scheme runs ("scheme"); compare reads it back.
 KIND_TAG = "qeval.kind"
+
+# Fields of quantize.json that are not params: logged separately (params, calibration), logged as
+# metrics (duration, sizes, peaks), or paths and lists that belong in the artifact.
+QUANT_NOT_PARAMS = frozenset({
+    "params", "calibration", "duration_s", "peak_rss_bytes", "cuda_peak_allocated_bytes", "checkpoint",
+    "disk_bytes", "baseline_disk_bytes", "compression_ratio", "notes", "worst_layers",
+})
+# Fields of speed.json that are not params: the settings (logged under bench.settings) and the measurements.
+BENCH_NOT_PARAMS = frozenset({"settings", "results", "roofline"})
+PPL_PROTOCOL_FIELDS = ("protocol", "seq_len", "stride", "n_windows", "n_tokens", "token_ids_sha256",
+                       "dtype", "device", "source")
+
+
+@dataclasses.dataclass(frozen=True)
+class SchemeFiles:
+    """The result files of one scheme's run directory (None: the stage has not written it)."""
+
+    quantize: QuantizeResult | None
+    perplexity: PerplexityFile | None
+    tasks: TasksResult | None
+    speed: SpeedResult | None
+
+
+def scheme_files(sdir: SchemeDir) -> SchemeFiles:
+    return SchemeFiles(
+        quantize=QuantizeResult.read_if_present(sdir.quantize_json),
+        perplexity=PerplexityFile.read_if_present(sdir.eval_dir / PerplexityFile.FILE),
+        tasks=TasksResult.read_if_present(sdir.eval_dir / TasksResult.FILE),
+        speed=SpeedResult.read_if_present(sdir.bench_dir / SpeedResult.FILE),
+    )
 
 
 def _read_recipe(path: Path) -> dict[str, Any]:
@@ -51,40 +87,31 @@ def environment_params() -> dict[str, str]:
     return params
 
 
-def scheme_params(sdir: SchemeDir, files: Mapping[str, Any]) -> dict[str, str]:
+def scheme_params(sdir: SchemeDir, files: SchemeFiles) -> dict[str, str]:
     """Collect the resolved recipe and the calibration, evaluation and benchmark protocols."""
     params = flatten(_read_recipe(sdir.recipe_path), "recipe")
-    quantize = files["quantize"] or {}
-    quant_keys = ("scheme", "variant", "quantizer", "library", "library_version", "backend", "format",
-                  "kernel", "kernels", "ignore", "device", "dtype", "emulated")
-    params.update(flatten({k: quantize[k] for k in quant_keys if k in quantize}, "quant"))
-    params.update(flatten(quantize.get("params") or {}, "quant.params"))
-    params.update(flatten(quantize.get("calibration") or {}, "calibration"))
-    protocol_keys = ("protocol", "seq_len", "stride", "n_windows", "n_tokens", "token_ids_sha256",
-                     "dtype", "device", "source")
-    for dataset, entry in (files["perplexity"] or {}).items():
-        if isinstance(entry, Mapping):
-            params.update(flatten({k: entry[k] for k in protocol_keys if k in entry}, f"eval.ppl.{dataset}"))
-    tasks = files["tasks"] or {}
-    for task, limit in (tasks.get("limit") or {}).items():
-        params[f"eval.tasks.{task}.limit"] = _param_value(limit)
-    for task, n in (tasks.get("n_samples") or {}).items():
-        params[f"eval.tasks.{task}.n_samples"] = _param_value(n)
-    if tasks.get("lm_eval_version"):
-        params["eval.tasks.lm_eval_version"] = str(tasks["lm_eval_version"])
-    speed = files["speed"] or {}
-    params.update(flatten({k: speed[k] for k in ("device", "kernel") if k in speed}, "bench"))
-    params.update(flatten(speed.get("settings") or {}, "bench.settings"))
+    if (quantize := files.quantize) is not None:
+        described = {k: v for k, v in quantize.to_dict().items() if k not in QUANT_NOT_PARAMS}
+        params.update(flatten(described, "quant"))
+        params.update(flatten(quantize.params, "quant.params"))
+        params.update(flatten(quantize.calibration or {}, "calibration"))
+    if files.perplexity is not None:
+        for dataset, result in files.perplexity.datasets.items():
+            protocol = {k: getattr(result, k) for k in PPL_PROTOCOL_FIELDS}
+            params.update(flatten(protocol, f"eval.ppl.{dataset}"))
+    if (tasks := files.tasks) is not None:
+        for task, limit in tasks.limit.items():
+            params[f"eval.tasks.{task}.limit"] = _param_value(limit)
+        for task, n in tasks.n_samples.items():
+            params[f"eval.tasks.{task}.n_samples"] = _param_value(n)
+        params["eval.tasks.lm_eval_version"] = tasks.lm_eval_version
+        params["eval.tasks.dtype"] = tasks.dtype  # in bf16, answers can flip with the batch size
+        params.update(flatten(tasks.settings, "eval.tasks.settings"))
+    if (speed := files.speed) is not None:
+        described = {k: v for k, v in speed.to_dict().items() if k not in BENCH_NOT_PARAMS}
+        params.update(flatten(described, "bench"))
+        params.update(flatten(speed.settings, "bench.settings"))
     return params
-
-
-def scheme_files(sdir: SchemeDir) -> dict[str, Any]:
-    return {
-        "quantize": read_json_if_readable(sdir.quantize_json),
-        "perplexity": read_json_if_readable(sdir.eval_dir / "perplexity.json"),
-        "tasks": read_json_if_readable(sdir.eval_dir / "tasks.json"),
-        "speed": read_json_if_readable(sdir.bench_dir / "speed.json"),
-    }
 
 
 def signoff_verdict(signoff: Mapping[str, Any] | None, scheme: str | None = None) -> str | None:
@@ -95,18 +122,17 @@ def signoff_verdict(signoff: Mapping[str, Any] | None, scheme: str | None = None
     return str(verdict) if verdict is not None else None
 
 
-def scheme_tags(model: str, scheme: str, sweep_id: str, manifest: Manifest, files: Mapping[str, Any],
-                 signoff: Mapping[str, Any] | None) -> dict[str, str]:
-    quantize = files["quantize"] or {}
-    speed = files["speed"] or {}
+def scheme_tags(model: str, scheme: str, sweep_id: str, manifest: Manifest, files: SchemeFiles,
+                signoff: Mapping[str, Any] | None) -> dict[str, str]:
+    quantize = files.quantize
     tags = {
         "model": model,
         "scheme": scheme,
         "sweep_id": sweep_id,
         KIND_TAG: "scheme",
-        "variant": manifest.data.get("variant") or quantize.get("variant"),
-        "backend": quantize.get("backend") or quantize.get("kernel") or speed.get("kernel"),
-        "device": quantize.get("device") or speed.get("device"),
+        "variant": manifest.data.get("variant") or (quantize.variant if quantize else None),
+        "backend": quantize.backend if quantize else None,
+        "device": quantize.device if quantize else None,
         "signoff": signoff_verdict(signoff, scheme),
     }
     for stage, entry in manifest.data.get("stages", {}).items():
@@ -114,24 +140,22 @@ def scheme_tags(model: str, scheme: str, sweep_id: str, manifest: Manifest, file
     return {k: str(v) for k, v in tags.items() if v is not None}
 
 
-def dataset_uses(files: Mapping[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+def dataset_uses(files: SchemeFiles) -> list[tuple[str, str, dict[str, Any]]]:
     """Return (context, dataset name, provenance) for calibration and evaluation data."""
     uses = []
-    calibration = (files["quantize"] or {}).get("calibration")
-    if isinstance(calibration, Mapping):
-        name = calibration.get("dataset") or calibration.get("name") or "calibration"
-        # The provenance is nested under "source" (as in perplexity.json) or flat in the dict.
-        source = calibration.get("source") or calibration.get("provenance") or calibration
-        drawn = {k: calibration.get(k) for k in ("n_samples", "seq_len", "seed")}
-        uses.append(("calibration", str(name), {**source, **drawn}))
-    for dataset, entry in (files["perplexity"] or {}).items():
-        if isinstance(entry, Mapping):
-            uses.append(("evaluation", str(dataset), dict(entry.get("source") or {})))
-    tasks = files["tasks"] or {}
-    sources = tasks.get("sources") or {}
-    for task in tasks.get("results") or {}:
-        source = sources.get(task) or {"kind": "lm-eval-task", "path": tasks.get("tasks_dir"), "task": task}
-        uses.append(("evaluation", str(task), {**source, "limit": (tasks.get("limit") or {}).get(task)}))
+    calibration = files.quantize.calibration if files.quantize is not None else None
+    if calibration:
+        # quantizers.calibration.CalibrationSet.to_dict: dataset, source, n_samples, seq_len, seed.
+        drawn = {k: calibration[k] for k in ("n_samples", "seq_len", "seed")}
+        uses.append(("calibration", str(calibration["dataset"]), {**calibration["source"], **drawn}))
+    if files.perplexity is not None:
+        for dataset, result in files.perplexity.datasets.items():
+            uses.append(("evaluation", str(dataset), dict(result.source)))
+    if (tasks := files.tasks) is not None:
+        for task in tasks.results:
+            # Every task qeval defines has provenance; lm-eval's own may not.
+            source = tasks.provenance.get(task) or {"kind": "lm-eval-task", "task": task}
+            uses.append(("evaluation", str(task), {**source, "limit": tasks.limit.get(task)}))
     return uses
 
 

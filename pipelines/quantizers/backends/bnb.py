@@ -23,22 +23,26 @@ def check_backend(device: str) -> None:
 
 
 def quantize_and_save(request: QuantizeRequest, bnb_config) -> None:
-    from transformers import AutoModelForCausalLM
-
-    from pipelines.quantizers.loading import SOURCE_LOAD, count_load, device_map_for, torch_dtype
+    from pipelines.quantizers.loading import (
+        SOURCE_LOAD,
+        count_load,
+        device_map_for,
+        from_pretrained,
+        torch_dtype,
+    )
 
     count_load(SOURCE_LOAD)
-    model = AutoModelForCausalLM.from_pretrained(
+    model = from_pretrained(
         request.source, revision=request.revision, dtype=torch_dtype(request.dtype),
         quantization_config=bnb_config, device_map=device_map_for(request.device, request.n_gpus),
+        trust_remote_code=request.trust_remote_code,
     )
     model.save_pretrained(request.out_dir)  # no forward pass before this line: see module docstring
-    save_tokenizer(request.source, request.out_dir, request.revision)
+    save_tokenizer(request)
 
 
-def load(checkpoint: str, device: str, n_gpus: int):
-    from transformers import AutoModelForCausalLM
+def load(checkpoint: str, device: str, n_gpus: int, trust_remote_code: bool = False):
+    from pipelines.quantizers.loading import load_checkpoint
 
-    from pipelines.quantizers.loading import device_map_for
-
-    return AutoModelForCausalLM.from_pretrained(checkpoint, device_map=device_map_for(device, n_gpus)).eval()
+    # The checkpoint's config sets the compute dtype; no dtype is forced on load.
+    return load_checkpoint(checkpoint, device, n_gpus, trust_remote_code=trust_remote_code)

@@ -32,7 +32,7 @@ def run(request: QuantizeRequest, config, backend_name: str, fmt: str) -> Quanti
     from pipelines.quantizers.loading import SOURCE_LOAD, count_load
 
     count_load(SOURCE_LOAD)
-    model = GPTQModel.load(request.source, config, device=request.device)
+    model = GPTQModel.load(request.source, config, device=request.device, trust_remote_code=request.trust_remote_code)
     log_rows = model.quantize(request.calibration.as_gptqmodel(), batch_size=1, backend=backend)
     model.save(str(request.out_dir))
     losses = {}

@@ -1,9 +1,10 @@
 """Shared plumbing for llm-compressor schemes, which write vLLM's compressed-tensors format.
 
-On a CPU (or a GPU without the needed compute) transformers decompresses a
-compressed-tensors checkpoint to dense weights on load, so quality numbers
-are real but speed and memory are not those vLLM gets: such runs are marked
-``emulated`` and their cost numbers as not representative.
+transformers runs a compressed-tensors checkpoint by decompressing its weights
+to dense on the first forward, except FP8 layers on a GPU with FP8 compute when
+the load asks for ``use_optimized_inference``. Where the checkpoint runs
+decompressed, quality numbers are real but speed and memory are not those vLLM
+gets: each scheme says where with ``emulated_on(device)``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from pipelines.quantizers.base import QuantizeOutcome, QuantizeRequest, save_tok
 
 log = logging.getLogger(__name__)
 
+FORMAT = "compressed-tensors"
+
 
 def run(request: QuantizeRequest, recipe: list, *, scheme_label: str, emulated: bool) -> QuantizeOutcome:
     from llmcompressor import oneshot
@@ -21,7 +24,7 @@ def run(request: QuantizeRequest, recipe: list, *, scheme_label: str, emulated: 
     from pipelines.quantizers.loading import SOURCE_LOAD, load_dense
 
     model = load_dense(request.source, request.dtype, request.device, revision=request.revision,
-                       n_gpus=request.n_gpus, stage=SOURCE_LOAD)
+                       n_gpus=request.n_gpus, trust_remote_code=request.trust_remote_code, stage=SOURCE_LOAD)
     kwargs = {}
     if request.calibration is not None:
         from datasets import Dataset
@@ -34,12 +37,26 @@ def run(request: QuantizeRequest, recipe: list, *, scheme_label: str, emulated: 
         )
     oneshot(model=model, recipe=recipe, **kwargs)
     model.save_pretrained(request.out_dir, save_compressed=True)
-    save_tokenizer(request.source, request.out_dir, request.revision)
+    save_tokenizer(request)
     notes = []
     if emulated:
         notes.append(f"{scheme_label} is decompressed to dense weights on {request.device}; "
                      "speed and memory are not those of vLLM's kernels")
-    return QuantizeOutcome(backend=f"compressed-tensors {scheme_label}", format="compressed-tensors",
-                           emulated=emulated, notes=notes)
+    return QuantizeOutcome(backend=f"compressed-tensors {scheme_label}", format=FORMAT, notes=notes)
 
 
+def load(checkpoint: str, device: str, dtype: str, n_gpus: int, *, trust_remote_code: bool = False,
+         optimized_fp8: bool = False):
+    """Reload a compressed-tensors checkpoint; ``optimized_fp8`` asks for transformers' FP8 kernels.
+
+    transformers itself falls back to the decompressing route (with a warning)
+    where the hardware has no FP8 compute, so asking is safe on any device.
+    """
+    from pipelines.quantizers.loading import load_checkpoint, torch_dtype
+
+    kwargs = {"dtype": torch_dtype(dtype)}
+    if optimized_fp8:
+        from transformers import CompressedTensorsConfig
+
+        kwargs["quantization_config"] = CompressedTensorsConfig(use_optimized_inference=True)
+    return load_checkpoint(checkpoint, device, n_gpus, trust_remote_code=trust_remote_code, **kwargs)

@@ -1,0 +1,40 @@
+"""Shared plumbing for torchao schemes: quantize while transformers loads, save, reload.
+
+torchao swaps each linear weight for a tensor subclass (Float8Tensor, Int8Tensor)
+during ``from_pretrained``; ``save_pretrained`` writes those tensors to
+safetensors, and a reload rebuilds them from the checkpoint's TorchAoConfig.
+"""
+
+from __future__ import annotations
+
+from pipelines.quantizers.base import QuantizeRequest, save_tokenizer
+
+
+def quantize_and_save(request: QuantizeRequest, torchao_config) -> None:
+    """Load the base model through transformers' TorchAoConfig and save the quantized checkpoint."""
+    from transformers import TorchAoConfig
+
+    from pipelines.quantizers.loading import (
+        SOURCE_LOAD,
+        count_load,
+        device_map_for,
+        from_pretrained,
+        torch_dtype,
+    )
+
+    config = TorchAoConfig(torchao_config, modules_to_not_convert=list(request.ignore) or None)
+    count_load(SOURCE_LOAD)
+    model = from_pretrained(
+        request.source, revision=request.revision, dtype=torch_dtype(request.dtype),
+        quantization_config=config, device_map=device_map_for(request.device, request.n_gpus),
+        trust_remote_code=request.trust_remote_code,
+    )
+    model.save_pretrained(request.out_dir)
+    save_tokenizer(request)
+
+
+def load(checkpoint: str, device: str, n_gpus: int, trust_remote_code: bool = False):
+    from pipelines.quantizers.loading import load_checkpoint
+
+    # The activation dtype is the one saved with the checkpoint (the recipe dtype at quantize time).
+    return load_checkpoint(checkpoint, device, n_gpus, trust_remote_code=trust_remote_code)
