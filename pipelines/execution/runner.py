@@ -146,7 +146,7 @@ def finish_sweep(p, opts: SweepOptions, codes: dict, wall_s: float) -> SweepResu
                                             log_checkpoint=opts.log_checkpoint)
         if not tracking.get("synced", False):
             notes.append("MLflow was not reachable: results are kept in the run directories; run `qeval sync` later")
-    notes.append(f"results: {model_dir(p.model)}  report: {model_dir(p.model) / 'signoff.html'}")
+    notes.append(f"results: {model_dir(p.model)}")
     codes_here = [signoff_code]
     # A scheme the user named that cannot run here, or a worker that rejected its input, is bad
     # input for this request; a scheme that `all` or the suite brought in is only reported.

@@ -2,29 +2,23 @@
 
 from __future__ import annotations
 
-from pipelines.quantizers.backends import torchao as _torchao
-from pipelines.quantizers.base import Params, QuantizeOutcome, Quantizer, QuantizeRequest
+from pipelines.quantizers.backends.torchao import TorchAOQuantizer
+from pipelines.quantizers.base import Params, QuantizeRequest
 
 
 class FP8Params(Params):
     """Float8WeightOnlyConfig has no knobs worth a recipe field: per-row scales, e4m3."""
 
 
-class FP8Quantizer(Quantizer):
+class FP8Quantizer(TorchAOQuantizer):
     key = "fp8"
-    library = "torchao"
-    format = "torchao"
     bits = 8
     ParamsModel = FP8Params
-    install_hint = "pip install torchao==0.18.0"
+    kernel = "Float8Tensor (weight-only, dequantize + matmul)"
 
-    def quantize(self, request: QuantizeRequest) -> QuantizeOutcome:
+    def torchao_config(self, request: QuantizeRequest):
         from torchao.quantization import Float8WeightOnlyConfig
 
-        _torchao.quantize_and_save(request, Float8WeightOnlyConfig())
         # Weight-only: activations stay in the model dtype, and the matmul
         # dequantizes the fp8 weight, so no FP8 compute is needed on any device.
-        return QuantizeOutcome(backend="torchao Float8Tensor (weight-only, dequantize + matmul)", format=self.format)
-
-    def load(self, checkpoint, device, dtype, n_gpus=1, *, trust_remote_code=False):
-        return _torchao.load(checkpoint, device, n_gpus, trust_remote_code)
+        return Float8WeightOnlyConfig()

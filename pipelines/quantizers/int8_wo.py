@@ -7,27 +7,21 @@ simplest 8-bit point to compare calibrated schemes against.
 
 from __future__ import annotations
 
-from pipelines.quantizers.backends import torchao as _torchao
-from pipelines.quantizers.base import Params, QuantizeOutcome, Quantizer, QuantizeRequest
+from pipelines.quantizers.backends.torchao import TorchAOQuantizer
+from pipelines.quantizers.base import Params, QuantizeRequest
 
 
 class Int8WOParams(Params):
     """Int8WeightOnlyConfig's defaults: symmetric, per output channel."""
 
 
-class Int8WOQuantizer(Quantizer):
+class Int8WOQuantizer(TorchAOQuantizer):
     key = "int8-wo"
-    library = "torchao"
-    format = "torchao"
     bits = 8
     ParamsModel = Int8WOParams
-    install_hint = "pip install torchao==0.18.0"
+    kernel = "Int8Tensor (weight-only)"
 
-    def quantize(self, request: QuantizeRequest) -> QuantizeOutcome:
+    def torchao_config(self, request: QuantizeRequest):
         from torchao.quantization import Int8WeightOnlyConfig
 
-        _torchao.quantize_and_save(request, Int8WeightOnlyConfig())
-        return QuantizeOutcome(backend="torchao Int8Tensor (weight-only)", format=self.format)
-
-    def load(self, checkpoint, device, dtype, n_gpus=1, *, trust_remote_code=False):
-        return _torchao.load(checkpoint, device, n_gpus, trust_remote_code)
+        return Int8WeightOnlyConfig()

@@ -1,19 +1,4 @@
-"""Paths of run directories: the runs root, one model's folder, one scheme's files.
-
-Layout under the runs root (``QEVAL_RUNS_DIR``, default ``./runs``)::
-
-    runs/<model>/sweep.json                 sweep-level record (parent MLflow run)
-    runs/<model>/signoff.{json,md,html}     the sign-off report
-    runs/<model>/<scheme>/manifest.json     status, key, timing and outputs per stage
-    runs/<model>/<scheme>/recipe.yaml       the resolved recipe
-    runs/<model>/<scheme>/quantize/         checkpoint (model/), quantize.json, layer_errors.csv
-    runs/<model>/<scheme>/eval/             perplexity.json, tasks.json, samples/<task>.jsonl
-    runs/<model>/<scheme>/bench/            speed.json, memory.json, profile.json
-
-Every file is written to a temporary name and moved into place with
-``os.replace``, and a stage is marked finished in the manifest only after all
-its outputs exist, so a killed stage never looks finished.
-"""
+"""Paths of run directories: the runs root, one model's folder, one scheme's files (layout: see the package docstring)."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ measurement reloads it from disk.
 from __future__ import annotations
 
 from pipelines.errors import UnsupportedHere
-from pipelines.quantizers.base import QuantizeRequest, save_tokenizer
+from pipelines.quantizers.base import QuantizeOutcome, Quantizer, QuantizeRequest, save_tokenizer
 
 
 def check_backend(device: str) -> None:
@@ -46,3 +46,26 @@ def load(checkpoint: str, device: str, n_gpus: int, trust_remote_code: bool = Fa
 
     # The checkpoint's config sets the compute dtype; no dtype is forced on load.
     return load_checkpoint(checkpoint, device, n_gpus, trust_remote_code=trust_remote_code)
+
+
+class BitsAndBytesQuantizer(Quantizer):
+    """Base of the bitsandbytes schemes: a BitsAndBytesConfig applied while transformers loads."""
+
+    library = "bitsandbytes"
+    format = "bitsandbytes"
+    install_hint = "pip install bitsandbytes==0.50.2"
+    kernel = ""  # the module that runs the checkpoint, for quantize.json's backend
+
+    def bnb_config(self, request: QuantizeRequest):
+        raise NotImplementedError
+
+    def check_environment(self, device, params) -> None:
+        super().check_environment(device, params)
+        check_backend(device)
+
+    def quantize(self, request: QuantizeRequest) -> QuantizeOutcome:
+        quantize_and_save(request, self.bnb_config(request))
+        return QuantizeOutcome(backend=f"bitsandbytes {self.kernel}", format=self.format)
+
+    def load(self, checkpoint, device, dtype, n_gpus=1, *, trust_remote_code=False):
+        return load(checkpoint, device, n_gpus, trust_remote_code)

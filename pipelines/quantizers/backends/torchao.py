@@ -7,7 +7,7 @@ safetensors, and a reload rebuilds them from the checkpoint's TorchAoConfig.
 
 from __future__ import annotations
 
-from pipelines.quantizers.base import QuantizeRequest, save_tokenizer
+from pipelines.quantizers.base import QuantizeOutcome, Quantizer, QuantizeRequest, save_tokenizer
 
 
 def quantize_and_save(request: QuantizeRequest, torchao_config) -> None:
@@ -38,3 +38,22 @@ def load(checkpoint: str, device: str, n_gpus: int, trust_remote_code: bool = Fa
 
     # The activation dtype is the one saved with the checkpoint (the recipe dtype at quantize time).
     return load_checkpoint(checkpoint, device, n_gpus, trust_remote_code=trust_remote_code)
+
+
+class TorchAOQuantizer(Quantizer):
+    """Base of the torchao schemes: one torchao config applied while transformers loads."""
+
+    library = "torchao"
+    format = "torchao"
+    install_hint = "pip install torchao==0.18.0"
+    kernel = ""  # what runs the checkpoint, for quantize.json's backend
+
+    def torchao_config(self, request: QuantizeRequest):
+        raise NotImplementedError
+
+    def quantize(self, request: QuantizeRequest) -> QuantizeOutcome:
+        quantize_and_save(request, self.torchao_config(request))
+        return QuantizeOutcome(backend=f"torchao {self.kernel}", format=self.format)
+
+    def load(self, checkpoint, device, dtype, n_gpus=1, *, trust_remote_code=False):
+        return load(checkpoint, device, n_gpus, trust_remote_code)
