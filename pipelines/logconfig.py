@@ -53,16 +53,21 @@ class RepeatCounter:
 REPEATS = RepeatCounter()
 
 
-class OnceFilter(logging.Filter):
-    """Pass the first record of each (logger, level, message) at WARNING and below; count the rest.
+# qeval's own loggers: their messages name a scheme and a stage, so a repeat is news.
+OWN_LOGGERS = ("pipelines", "evals")
 
-    Errors always pass: each one may be about a different scheme or stage.
+
+class OnceFilter(logging.Filter):
+    """Pass the first of each library warning (logger, message); count the repeats.
+
+    Only library records at WARNING are deduplicated: errors may each be about a
+    different scheme or stage, and qeval's own messages always pass.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.ERROR:
+        if record.levelno != logging.WARNING or record.name.split(".")[0] in OWN_LOGGERS:
             return True
-        return REPEATS.first(("log", record.name, record.levelno, record.getMessage()), record.getMessage())
+        return REPEATS.first(("log", record.name, record.getMessage()), record.getMessage())
 
 
 _original_showwarning = warnings.showwarning

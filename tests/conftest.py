@@ -103,3 +103,12 @@ def recipes(tmp_path, monkeypatch) -> Path:
     shutil.copytree(config.RECIPES_DIR, copy)
     monkeypatch.setattr(config, "RECIPES_DIR", copy)
     return copy
+
+
+@pytest.fixture(autouse=True)
+def _forget_user_recipe_files():
+    """A user's recipe file registered by one in-process CLI call must not shadow another test's recipes."""
+    yield
+    from pipelines.recipes import user_files
+
+    user_files.forget()

@@ -53,6 +53,11 @@ def register(kind: str, name: str) -> str:
     return recipe_name
 
 
+def forget() -> None:
+    """Drop every registered user file (a process that serves several commands, e.g. tests)."""
+    _REGISTERED.clear()
+
+
 def lookup(kind: str, name: str) -> Path | None:
     """The user file registered under ``name``, if any (a user file wins over recipes/)."""
     if is_recipe_path(name):
