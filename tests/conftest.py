@@ -112,3 +112,12 @@ def _forget_user_recipe_files():
     from pipelines.recipes import user_files
 
     user_files.forget()
+
+
+@pytest.fixture
+def runs(tmp_path, monkeypatch) -> Path:
+    """An empty runs root and a local MLflow store for this test."""
+    root = tmp_path / "runs"
+    monkeypatch.setenv("QEVAL_RUNS_DIR", str(root))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return root

@@ -20,14 +20,6 @@ TINY = ["--suite", "smoke", "--tasks", "", "--set", "perplexity={seq_len: 64, ma
         "--set", "benchmark={batch_sizes: [1], prompt_lens: [8], gen_lens: [2], iters: 1, warmup: 0, min_time_s: 0}"]
 
 
-@pytest.fixture
-def runs(tmp_path, monkeypatch) -> Path:
-    root = tmp_path / "runs"
-    monkeypatch.setenv("QEVAL_RUNS_DIR", str(root))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    return root
-
-
 def test_a_bad_recipe_value_is_refused_at_plan_time(capsys, runs, tiny_llama_dir):
     code = cli.main(["run", "--quiet", "--no-track", "--model", str(tiny_llama_dir), "--schemes", "baseline",
                      *TINY, "--set", "benchmark.batch_sizes=[0]"])

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +26,7 @@ from evals.harness.definitions import (
     task_closure,
 )
 from pipelines.recipes.embedded import cache_dir
-from pipelines.rundir import write_bytes_atomic
+from pipelines.rundir import atomic_directory, write_bytes_atomic
 
 
 def task_data_dir() -> Path:
@@ -67,8 +65,8 @@ def render_tasks(
     """
     wanted = task_closure(selected, defs)
     roots = sorted({d.root for d in defs.values()}, key=lambda r: r != BUILTIN_TASKS_DIR)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
+    # Rendered into a staging folder that replaces dest whole: a killed run never leaves half a folder.
+    with atomic_directory(dest) as tmp:
         for root in roots:
             sub = "qeval" if root == BUILTIN_TASKS_DIR else "user"
             root_defs, included = scan_dir(root)
@@ -98,12 +96,6 @@ def render_tasks(
                 target.write_text(text, encoding="utf-8")
                 if src.suffix == ".yaml":
                     _check_rendered(src, read_task_yaml(target))
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return dest
 
 
