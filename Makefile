@@ -35,6 +35,9 @@ EXPERIMENT ?=
 NO_TRACK ?=
 DEVICE ?=
 SWEEP ?=
+# The serve stage (issue 12): a running server to load instead of starting one; the machine's price.
+ENDPOINT ?=
+HARDWARE ?=
 
 SWEEP_FLAGS = --model $(MODEL) \
 	$(if $(SCHEMES),--schemes $(SCHEMES)) $(if $(SUITE),--suite $(SUITE)) \
@@ -44,9 +47,10 @@ SWEEP_FLAGS = --model $(MODEL) \
 	$(if $(filter 1 true yes,$(QUIET)),--quiet) --executor $(EXECUTOR) \
 	$(if $(SET),--set '$(SET)') $(if $(DEVICE),--set device=$(DEVICE)) \
 	$(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(if $(EXPERIMENT),--experiment $(EXPERIMENT)) \
-	$(if $(filter 1 true yes,$(NO_TRACK)),--no-track)
+	$(if $(filter 1 true yes,$(NO_TRACK)),--no-track) \
+	$(if $(ENDPOINT),--endpoint $(ENDPOINT)) $(if $(HARDWARE),--hardware '$(HARDWARE)')
 
-.PHONY: help setup plan quantize signoff compare sync ui test test-fast lint bench-eval clean
+.PHONY: help setup plan quantize signoff compare sync ui test test-fast lint bench-eval clean gpu-check
 
 help: ## list targets and variables
 	@echo "Targets:"
@@ -74,6 +78,8 @@ help: ## list targets and variables
 	@echo "  EXPERIMENT    MLflow experiment [qeval/<model>]"
 	@echo "  NO_TRACK=1    do not log to MLflow"
 	@echo "  SWEEP         compare: a sweep id [the latest]"
+	@echo "  ENDPOINT      serve: the URL of a running OpenAI-compatible server to load instead"
+	@echo "  HARDWARE      serve: name=...,price_per_hour=...,memory_gib=... (the model recipe's hardware:)"
 	@echo "  (MODEL, SUITE and SCHEMES also take paths to your own YAML recipe files)"
 	@echo "  QEVAL_DATA_DIR    local data folder [$(QEVAL_DATA_DIR)]"
 	@echo "  QEVAL_RUNS_DIR    where run directories go [./runs]"
@@ -87,6 +93,10 @@ setup: $(BIN)/python ## create .venv, install torch (CPU wheel) then qeval, prep
 	# torch first, pinned, so that nothing pulls a multi-GB CUDA build in its place
 	$(BIN)/pip install --quiet -c constraints.txt torch==2.13.0
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev$(if $(filter 1 true yes,$(RAY)),$(comma)ray)]'
+	# llama.cpp's tools and libllama for the GGUF schemes, built once into .cache/llama.cpp (about
+	# 5 min on 2 cores), and llama-cpp-python on that library. A missing compiler or a failed build
+	# is recorded and only the GGUF schemes skip, with the reason.
+	$(BIN)/python -m pipelines.llamacpp.build --install-binding
 	$(QEVAL) prepare
 
 comma := ,
@@ -94,7 +104,7 @@ comma := ,
 plan: ## what `make quantize` would run, what is cached and why, estimated time (writes nothing)
 	$(QEVAL) plan $(SWEEP_FLAGS)
 
-quantize: ## run the sweep: quantize, evaluate, benchmark, sign off, log to MLflow
+quantize: ## run the sweep: quantize, evaluate, benchmark, serve, sign off, log to MLflow
 	@# A finished sweep succeeds whatever its verdict (0 pass, 1 FAIL, 3 INCONCLUSIVE):
 	@# `make signoff` is the target a release gates on. Bad input (2), an unfinished sweep
 	@# (4: a stage failed or a scheme was not judged) and a crash (5) fail the target.
@@ -130,6 +140,10 @@ ui: ## serve the MLflow UI of the tracking store (MLFLOW_TRACKING_URI, else ./ml
 
 bench-eval: ## perplexity stage vs a bare batched forward pass on the same tokens
 	$(QEVAL) bench-eval --model $(MODEL)
+
+gpu-check: ## on a GPU machine: the default model's serve stage on vLLM (QEVAL_VLLM_COMMAND=<vllm-env>/bin/vllm)
+	@test -n "$$QEVAL_VLLM_COMMAND" || { echo "set QEVAL_VLLM_COMMAND to the vllm executable of vLLM's own environment (see README, Serving)" >&2; exit 2; }
+	$(BIN)/pytest -m gpu tests/test_serve_gpu.py -q -x $(TEST_ARGS)
 
 test: ## run the test suite (GPU tests skip without CUDA)
 	$(BIN)/pytest $(TEST_ARGS)

@@ -51,6 +51,9 @@ DATASETS: dict[str, DatasetSpec] = {
     "arc_challenge": DatasetSpec("arc_challenge/ARC-Challenge-Test.hf.jsonl", "allenai/ai2_arc", "ARC-Challenge", "test"),
     "piqa": DatasetSpec("piqa/valid.jsonl", "ybisk/piqa", None, "validation", labels_file="piqa/valid-labels.lst"),
     "winogrande": DatasetSpec("winogrande/dev.jsonl", "allenai/winogrande", "winogrande_xl", "validation", labels_file="winogrande/dev-labels.lst"),
+    # GSM8K: test rows are scored, train rows are the few-shot examples (as lm-eval's gsm8k)
+    "gsm8k": DatasetSpec("gsm8k/test.jsonl", "openai/gsm8k", "main", "test"),
+    "gsm8k_train": DatasetSpec("gsm8k/train.jsonl", "openai/gsm8k", "main", "train"),
 }
 
 # C4 has no local train split: the local validation documents are split in two

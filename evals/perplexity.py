@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable
 from typing import Any
 
 from evals.results import PerplexityResult
@@ -98,6 +99,29 @@ def _token_ids(tokenizer, text: str, protocol: str, seq_len: int, stride: int | 
     return tokenizer(text, return_tensors="pt").input_ids[0]
 
 
+class HFScorer:
+    """Logits from a transformers model: the default engine behind :func:`compute_perplexity`.
+
+    Any object with ``device``, ``dtype`` (names) and ``logits(inputs)`` returning
+    [batch, seq, vocab] logits can stand in, so another engine (llama.cpp) scores the
+    very same token ids under the very same protocol.
+    """
+
+    def __init__(self, model):
+        param = next(model.parameters())
+        self.model = model
+        self.device = param.device
+        self.dtype = str(param.dtype).replace("torch.", "")
+
+    def logits(self, inputs):
+        return self.model(inputs.to(self.device)).logits
+
+
+# Called once per window with (window index, logits of the scored positions [n, vocab],
+# their target ids [n]); the fidelity metrics use it to see every scored distribution.
+LogitsObserver = Callable[[int, Any, Any], None]
+
+
 def compute_perplexity(
     model,
     tokenizer,
@@ -112,8 +136,12 @@ def compute_perplexity(
     max_context: int | None = None,
     batch_size: int = 4,
     show_progress: bool = True,
+    observer: LogitsObserver | None = None,
 ) -> PerplexityResult:
-    """Score ``text`` with ``model`` under ``protocol``; batched, no gradient."""
+    """Score ``text`` with ``model`` under ``protocol``; batched, no gradient.
+
+    ``model`` is a transformers model or a scorer (see :class:`HFScorer`).
+    """
     import torch
     from tqdm.auto import tqdm
 
@@ -130,7 +158,8 @@ def compute_perplexity(
         )
     if max_windows:
         spans = spans[:max_windows]
-    device = next(model.parameters()).device
+    scorer = model if hasattr(model, "logits") and not hasattr(model, "parameters") else HFScorer(model)
+    device = scorer.device
     window_nll: list[float] = []
     window_tokens: list[int] = []
     scored: list[torch.Tensor] = []
@@ -145,14 +174,16 @@ def compute_perplexity(
     with torch.inference_mode():
         for batch in batches:
             inputs = torch.stack([ids[b:e] for b, e, _ in batch]).to(device)
-            logits = model(inputs).logits
+            logits = scorer.logits(inputs)
             nll = token_nll(logits[:, :-1], inputs[:, 1:])
-            del logits
             for row, (b, _e, first) in enumerate(batch):
+                if observer is not None:
+                    observer(len(window_nll), logits[row, first - b : -1], inputs[row, first - b + 1 :])
                 keep = nll[row, first - b :]
                 window_nll.append(keep.mean().item())
                 window_tokens.append(keep.numel())
                 scored.append(ids[first + 1 : _e])
+            del logits
             bar.update(len(batch))
     bar.close()
     scored_ids = torch.cat(scored)
@@ -166,7 +197,7 @@ def compute_perplexity(
     n_words = max(len(scored_text.split()), 1)
     n_bytes = max(len(scored_text.encode("utf-8")), 1)
     digest = hashlib.sha256(scored_ids.to(torch.int64).numpy().tobytes()).hexdigest()
-    dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+    dtype = scorer.dtype
     return PerplexityResult(
         dataset=dataset,
         source=source or {},

@@ -119,6 +119,10 @@ class TasksResult(ResultFile):
     # One `lm_eval` command per distinct limit (its --limit is global) that reproduces these
     # numbers from the checkpoint: model args with dtype, batch size, include_path, tasks.
     lm_eval_commands: list[str]
+    # Generative tasks: decoding settings that ran and collapse detectors (evals.generation).
+    generation: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # Per task: the smallest accuracy change (points) this many examples can detect (evals.flips).
+    mde_points: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,3 +192,50 @@ class QuantizeResult(ResultFile):
     # The held-out windows every scheme's layer errors are scored on (dataset, source documents,
     # n_windows, seq_len, token_ids_sha256); None where no layer errors are measured.
     layer_error_windows: dict[str, Any] | None = None
+    # Engines other than transformers (llama.cpp): version/commit, type, bits per weight as the
+    # engine reports it, file bytes, seconds, and per-tensor types and sizes. None otherwise.
+    engine: dict[str, Any] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class FidelityFile(ResultFile):
+    """``eval/fidelity.json``: the scheme's next-token distributions against its model's baseline.
+
+    ``datasets``: dataset -> figures of ``evals.fidelity.FidelityAccumulator.summary`` (KL both
+    ways as mean/median/p90/p99/max, top-1 agreement, top-k overlap, mean ΔNLL, per-window series).
+    ``noise_floor``: the same figures for the baseline against itself in another dtype, per
+    dataset, with what was compared; every figure is to be read beside it. ``bound`` is
+    "lower" (top-k buckets) or "exact" (full rows); ``method`` says it in words.
+    """
+
+    FILE: ClassVar[str] = "fidelity.json"
+    method: str
+    bound: str
+    reference: dict[str, Any]  # key, top_k, dtype, device, bytes, n_tokens, token ids digest per dataset
+    datasets: dict[str, dict[str, Any]]
+    noise_floor: dict[str, Any] | None
+    token_kl_file: str | None  # per-token KL(base||scheme), float32 .npy per dataset, relative to eval/
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeResult(ResultFile):
+    """``serve/serve.json``: a real engine under load, per concurrency level, and what it buys.
+
+    Each level: concurrency, requests_ok, errors, requests_per_s, output_tokens_per_s and
+    ``ttft_ms``/``itl_ms``/``tpot_ms``/``e2e_ms`` as {p50, p90, p99, mean}.
+    ``capacity``: evals.capacity.capacity at the recipe's SLO; ``cost``: $/1M output tokens at
+    capacity and the KV-cache headroom.
+    """
+
+    FILE: ClassVar[str] = "serve.json"
+    engine: str  # transformers | llama.cpp | vllm | endpoint
+    engine_version: str
+    engine_settings: dict[str, Any]
+    device_kind: str  # where the engine ran: "cpu" or "cuda"
+    load: dict[str, Any]  # the load generator, its version and the synthetic request distribution
+    levels: list[dict[str, Any]]
+    stopped_because: str  # "all levels ran" or why the sweep stopped early
+    capacity: dict[str, Any]
+    cost: dict[str, Any]
+    startup_s: float
+    warmup_s: float

@@ -20,7 +20,8 @@ BAD_INPUT = EXIT_BAD_INPUT
 # The summary columns of `qeval compare` (a name ending in "." selects every metric with that prefix).
 COMPARE_COLUMNS = [
     "scheme", "ppl.", "delta.ppl.", "acc.", "recovery.acc.", "mem.disk_gib", "mem.weights_gib",
-    "mem.peak_gib", "speed.decode_tok_s.bs1.", "speed.ttft_ms.p50.bs1.", "speed.roofline_frac.bs1", "signoff",
+    "mem.peak_gib", "speed.decode_tok_s.bs1.", "speed.ttft_ms.p50.bs1.", "speed.roofline_frac.bs1",
+    "serve.capacity", "serve.goodput_rps", "serve.usd_per_m_tokens", "signoff",
 ]
 
 
@@ -47,6 +48,11 @@ def _sweep_args(p: argparse.ArgumentParser, *, multi_scheme: bool = True) -> Non
     p.add_argument("--prequantized", help="checkpoint (Hub id or path) for the prequantized scheme")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a suite field, e.g. --set perplexity.seq_len=512")
+    p.add_argument("--endpoint", metavar="URL",
+                   help="serve stage: drive load against this running OpenAI-compatible server")
+    p.add_argument("--hardware", metavar="KEY=VALUE,...",
+                   help="serve stage: the serving machine, e.g. name=c7a.large,price_per_hour=0.1,memory_gib=4 "
+                        "(overrides the model recipe's hardware:)")
     p.add_argument("--force", action="store_true", default=_env_flag("FORCE"), help="rerun finished stages")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--profile", action="store_true", help="record a torch.profiler trace per scheme")
@@ -77,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                     help="schemes: check whether each runs on this device [auto]")
 
-    for stage in ("quantize", "evaluate", "benchmark"):
+    for stage in ("quantize", "evaluate", "benchmark", "serve"):
         sp = sub.add_parser(stage, help=f"run the {stage} stage of one scheme")
         _sweep_args(sp, multi_scheme=False)
 
@@ -127,10 +133,33 @@ def _options(args: argparse.Namespace, schemes: list[str] | None):
     return SweepOptions(
         model=args.model, schemes=schemes, suite=args.suite, tasks=args.tasks, limit=args.limit,
         tasks_dir=args.tasks_dir, data_dir=args.data_dir, prequantized=args.prequantized,
-        overrides=parse_set_overrides(split_set_items(args.set)), force=args.force, quiet=args.quiet, profile=args.profile,
+        overrides=_serve_overrides(args, parse_set_overrides(split_set_items(args.set))), force=args.force,
+        quiet=args.quiet, profile=args.profile, hardware=_hardware(getattr(args, "hardware", None)),
         executor=getattr(args, "executor", "local"), experiment=getattr(args, "experiment", None),
         log_checkpoint=getattr(args, "log_checkpoint", False), track=not getattr(args, "no_track", False),
     )
+
+
+def _serve_overrides(args: argparse.Namespace, overrides: dict) -> dict:
+    """--endpoint URL: the serve stage drives that server instead of starting one."""
+    if getattr(args, "endpoint", None):
+        serve = overrides.setdefault("serve", {})
+        serve.update(engine="endpoint", endpoint=args.endpoint)
+    return overrides
+
+
+def _hardware(text: str | None) -> dict:
+    """--hardware name=...,price_per_hour=...,memory_gib=... -> a dict (validated at planning)."""
+    from pipelines.errors import QevalError
+
+    out: dict = {}
+    for item in filter(None, (text or "").split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise QevalError(f"--hardware {text!r}: {item!r} is not KEY=VALUE; e.g. "
+                             "--hardware name=c7a.large,price_per_hour=0.1,memory_gib=4")
+        out[key.strip()] = value.strip()
+    return out
 
 
 def cmd_run(args) -> int:
@@ -285,7 +314,7 @@ def cmd_worker(args) -> int:
 
 
 COMMANDS = {
-    "run": cmd_run, "quantize": cmd_stage, "evaluate": cmd_stage, "benchmark": cmd_stage,
+    "run": cmd_run, "quantize": cmd_stage, "evaluate": cmd_stage, "benchmark": cmd_stage, "serve": cmd_stage,
     "signoff": cmd_signoff, "track": cmd_track, "compare": cmd_compare, "sync": cmd_sync,
     "prepare": cmd_prepare, "bench-eval": cmd_bench_eval, "worker": cmd_worker, "plan": cmd_plan,
     "list": cmd_list,

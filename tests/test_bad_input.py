@@ -58,7 +58,7 @@ def test_typo_in_scheme_params_is_named(capsys, runs, recipes, tiny_llama_dir):
 
 def test_missing_data_file_names_the_file(capsys, runs, tmp_path, data_dir, tiny_llama_dir):
     partial = tmp_path / "data"
-    for sub in ("c4", "arc_easy"):
+    for sub in ("c4", "arc_easy", "gsm8k"):
         shutil.copytree(data_dir / sub, partial / sub)
     err = run_bad(capsys, "--model", str(tiny_llama_dir), "--suite", "smoke", "--data-dir", str(partial))
     assert "wikitext-2-raw/wiki.test.raw" in err and "QEVAL_DATA_DIR" in err

@@ -1,4 +1,4 @@
-"""End to end on the real default model: `qeval run --suite smoke --schemes all` on the CPU.
+"""End to end on the real default model: `qeval run --suite smoke` of every transformers scheme on the CPU.
 
 One sweep of every CPU scheme variant is logged to a real `mlflow server`
 process; the tests then check the run directories, fresh-process reloads,
@@ -16,12 +16,16 @@ from pathlib import Path
 import pytest
 from helpers import REPO_ROOT, MlflowServer, run_qeval
 
+from pipelines.quantizers import get_quantizer
 from pipelines.recipes import available, load_scheme
 
 pytestmark = pytest.mark.slow
 
 MODEL = "smollm2-135m"
-SCHEMES = [s for s in available("schemes") if s != "prequantized"]
+# Every scheme a transformers engine runs; the GGUF (llama.cpp) schemes have their own sweep
+# in tests/test_gguf_sweep.py, and run on the same code paths, chosen by Quantizer.engine.
+SCHEMES = [s for s in available("schemes")
+           if s != "prequantized" and get_quantizer(load_scheme(s).quantizer).engine == "transformers"]
 COMPRESSED = {s for s in SCHEMES if s != "baseline"}
 
 
@@ -31,7 +35,7 @@ def sweep(tmp_path_factory):
     server = MlflowServer(root)
     server.start()
     env = {"QEVAL_RUNS_DIR": str(root / "runs"), "MLFLOW_TRACKING_URI": server.url}
-    proc = run_qeval("run", "--model", MODEL, "--suite", "smoke", "--schemes", "all", "--quiet", env=env)
+    proc = run_qeval("run", "--model", MODEL, "--suite", "smoke", "--schemes", ",".join(SCHEMES), "--quiet", env=env)
     yield {"proc": proc, "runs": root / "runs" / MODEL, "env": env, "server": server}
     server.stop()
 
@@ -46,6 +50,20 @@ def test_sweep_finishes_with_a_signoff_exit_code(sweep):
     assert "sign-off:" in proc.stdout
     for scheme in SCHEMES:
         assert scheme in proc.stdout
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_serve_stage_measured_or_skipped_with_a_reason(sweep, scheme):
+    entry = manifest(sweep, scheme)["stages"]["serve"]
+    assert entry["status"] in ("done", "skipped"), entry.get("error")
+    if entry["status"] == "skipped":
+        assert entry.get("error")  # the reason the engine cannot serve it
+        return
+    served = json.loads((sweep["runs"] / scheme / "serve" / "serve.json").read_text())
+    level = served["levels"][0]
+    assert level["concurrency"] == 1 and level["requests_ok"] >= 1 and level["errors"] == 0
+    assert 0 < level["ttft_ms"]["p50"] <= level["ttft_ms"]["p99"] < level["e2e_ms"]["p99"]
+    assert served["capacity"]["slo"] == {"ttft_ms_p99": 5000, "itl_ms_p99": 1000}
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)
@@ -166,7 +184,7 @@ def test_compare_reads_the_table_back_from_mlflow(sweep):
 
 
 def test_rerun_is_cached_and_does_not_duplicate_runs(sweep):
-    proc = run_qeval("run", "--model", MODEL, "--suite", "smoke", "--schemes", "all", "--quiet", env=sweep["env"])
+    proc = run_qeval("run", "--model", MODEL, "--suite", "smoke", "--schemes", ",".join(SCHEMES), "--quiet", env=sweep["env"])
     assert proc.returncode == sweep["proc"].returncode, proc.stderr[-3000:]
     for scheme in SCHEMES:
         m = manifest(sweep, scheme)

@@ -107,7 +107,7 @@ def test_stage_command_keeps_the_sweep_and_a_failed_stage_makes_the_sweep_incomp
     assert "FAILED nf4" in out
     baseline = json.loads((runs / model / "baseline" / "manifest.json").read_text())
     assert {s: e["status"] for s, e in baseline["stages"].items()} == dict.fromkeys(
-        ("quantize", "evaluate", "benchmark"), "done")
+        ("quantize", "evaluate", "benchmark", "serve"), "done")
     nf4 = json.loads((runs / model / "nf4" / "manifest.json").read_text())
     assert nf4["stages"]["evaluate"]["status"] == "failed"
 

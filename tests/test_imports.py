@@ -17,8 +17,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # own rank or a lower one. The most specific prefix wins.
 RANKS: dict[str, int] = {
     "pipelines.errors": 0, "pipelines.environment": 0, "pipelines.logconfig": 0,
-    "pipelines.recipes": 1, "pipelines.rundir": 1,
+    "pipelines.recipes": 1, "pipelines.rundir": 1, "pipelines.llamacpp": 1,
     "evals": 2, "pipelines.quantizers": 2,
+    "pipelines.engines": 2,  # serving engines: start, health, stop (the serve stage drives them)
     "pipelines.signoff": 3,
     "pipelines.stages": 4,
     "pipelines.tracking": 5,

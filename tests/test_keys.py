@@ -88,7 +88,7 @@ def test_data_content_reruns_what_read_it(env):
         f.write(json.dumps({"text": "an extra calibration document"}) + "\n")
     # c4 is the calibration text: nf4's layer report reads it, the reference does not.
     assert changed(base, keys_of(env)) == set()
-    assert changed(nf4, keys_of(env, "nf4")) == {"quantize", "evaluate", "benchmark"}
+    assert changed(nf4, keys_of(env, "nf4")) == {"quantize", "evaluate", "benchmark", "serve"}
 
 
 def test_a_task_yaml_change_reruns_evaluate_only(env):
@@ -113,7 +113,7 @@ def test_recipe_settings_rerun_their_stage(env, overrides, expected):
 
 def test_calibration_settings_rerun_a_scheme_that_reads_them(env):
     assert changed(keys_of(env, "nf4"), keys_of(env, "nf4", overrides={"calibration": {"n_samples": 3}})) == {
-        "quantize", "evaluate", "benchmark"}
+        "quantize", "evaluate", "benchmark", "serve"}
 
 
 def test_threads_device_max_context_and_gpus(env, recipes, monkeypatch):
@@ -122,7 +122,7 @@ def test_threads_device_max_context_and_gpus(env, recipes, monkeypatch):
     from pipelines.quantizers import loading
 
     before = keys_of(env)
-    assert changed(before, keys_of(env, threads=keys.torch_threads() + 1)) == {"quantize", "evaluate", "benchmark"}
+    assert changed(before, keys_of(env, threads=keys.torch_threads() + 1)) == {"quantize", "evaluate", "benchmark", "serve"}
     # A local model's recipe is derived from its path; a model recipe file sets the other fields.
     model_file = recipes / "models" / "tiny.yaml"
     model_file.write_text(yaml.safe_dump({"name": "tiny", "source": env["model"], "dtype": "float32",
@@ -133,11 +133,11 @@ def test_threads_device_max_context_and_gpus(env, recipes, monkeypatch):
     assert changed(before, keys_of(env)) == {"evaluate"}
     before = keys_of(env)
     model_file.write_text(yaml.safe_dump({**yaml.safe_load(model_file.read_text()), "n_gpus": 2}))
-    assert changed(before, keys_of(env)) == {"quantize", "evaluate", "benchmark"}
+    assert changed(before, keys_of(env)) == {"quantize", "evaluate", "benchmark", "serve"}
     # The device: what the stage would run on (faked here: this machine has one kind).
     before = keys_of(env)
     monkeypatch.setattr(loading, "resolve_device", lambda device: "cuda")
-    assert changed(before, keys_of(env)) == {"quantize", "evaluate", "benchmark"}
+    assert changed(before, keys_of(env)) == {"quantize", "evaluate", "benchmark", "serve"}
 
 
 def copy_code(tmp: Path) -> Path:
@@ -151,7 +151,7 @@ def copy_code(tmp: Path) -> Path:
     ("evals/speed.py", {"benchmark"}),
     ("evals/perplexity.py", {"evaluate"}),
     ("evals/stats.py", set()),
-    ("evals/data.py", {"quantize", "evaluate", "benchmark"}),
+    ("evals/data.py", {"quantize", "evaluate", "benchmark", "serve"}),
     ("pipelines/stages/evaluate.py", {"evaluate"}),
     ("pipelines/quantizers/base.py", {"quantize"}),
 ])
@@ -195,11 +195,11 @@ def test_real_reruns_follow_the_keys(env, capsys):
         # A baseline alone has nothing to sign off; what counts here is that every stage finished.
         statuses = {s: e["status"] for s, e in json.loads(
             (runs / model / "baseline" / "manifest.json").read_text())["stages"].items()}
-        assert statuses == dict.fromkeys(("quantize", "evaluate", "benchmark"), "done"), (code, out.out + out.err)
+        assert statuses == dict.fromkeys(("quantize", "evaluate", "benchmark", "serve"), "done"), (code, out.out + out.err)
 
     sweep(env["data"])
     first = stage_runs(runs, model, "baseline")
-    assert set(first) == {"quantize", "evaluate", "benchmark"}
+    assert set(first) == {"quantize", "evaluate", "benchmark", "serve"}
 
     moved = env["tmp"] / "moved-data"
     env["data"].rename(moved)

@@ -157,7 +157,7 @@ def test_evidence_is_read_through_the_result_classes(tree):
     assert set(ev.perplexity) == set(smoke.perplexity.datasets)
     wiki = ev.perplexity["wikitext2"]
     assert len(wiki.window_nll) == smoke.perplexity.max_windows and wiki.n_windows_available is None
-    assert [len(rows) for rows in ev.task_samples.values()] == [LIMIT]
+    assert [len(rows) for rows in ev.task_samples.values()] == [LIMIT] * len(smoke.tasks.names)
     assert ev.task_sizes["arc_easy"] > LIMIT  # the whole ARC-Easy test set, from its provenance
     assert set(ev.decode_tok_s) == set(smoke.benchmark.batch_sizes)
     assert ev.cost_representative and ev.cost_note is None
@@ -255,3 +255,29 @@ def test_a_failed_baseline_leaves_every_scheme_not_judged(tree, monkeypatch):
     assert result["verdicts"]["baseline"] == "NOT JUDGED"
     assert "benchmark: failed: RuntimeError" in result["not_judged"]["baseline"]
     _assert_not_judged(tree, result, "nf4", "the baseline is NOT JUDGED (benchmark: failed")
+
+
+# --- the serve stage: a real server per scheme, capacity/cost gates and the ship frontier ------
+
+
+@pytest.mark.slow
+def test_served_schemes_get_serving_gates_and_a_ship_frontier(tree):
+    for scheme in SCHEMES:
+        path = scheme_dir(MODEL, scheme).recipe_path
+        recipe = yaml.safe_load(path.read_text())
+        recipe["hardware"].update(name="test box", price_per_hour=0.1, memory_gib=2)
+        recipe["model"]["gates"] = {"min_capacity_rel": 0.5, "max_usd_per_m_rel": 100.0}
+        path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+        assert run_stages_in_process(MODEL, scheme, ("serve",), quiet=True) == WORKER_OK
+        served = json.loads((scheme_dir(MODEL, scheme).serve_dir / "serve.json").read_text())
+        assert served["engine"] == "transformers" and served["levels"][0]["requests_ok"] >= 1
+    result = signoff_stage.run(MODEL, SCHEMES)
+    gates = _gates(result, "nf4")
+    assert gates["min_capacity_rel"]["verdict"] in ("PASS", "FAIL", "INCONCLUSIVE")
+    assert gates["max_usd_per_m_rel"]["metric"] == "serve.usd_per_m_output_tokens"
+    frontier = result["ship_frontier"]
+    assert [r["scheme"] for r in frontier["rows"]] == SCHEMES
+    assert frontier["pick"].startswith(("Ship nf4", "No scheme passes every gate"))
+    _, md, html = _report(tree)
+    assert "## Ship frontier" in md and frontier["pick"] in md
+    assert 'id="ship-frontier"' in html

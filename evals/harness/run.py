@@ -16,6 +16,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from evals.flips import mde_points
+from evals.generation import (
+    annotate_truncation,
+    collapse_summary,
+    decoding,
+    is_generative,
+    recorded_settings,
+)
 from evals.harness.definitions import (
     TASK_PREFIX,
     Selection,
@@ -186,6 +194,7 @@ def run_tasks(
     show_progress: bool = True,
     pretrained: str | None = None,
     tokenizer_source: str | None = None,
+    generation: dict | None = None,
 ) -> dict:
     """Score a loaded model on tasks with lm-eval; write tasks.json and samples; return tasks.json's dict.
 
@@ -221,13 +230,19 @@ def run_tasks(
     if unknown:
         raise unknown_task_error([sel.requested_by_lm_name[n] for n in unknown], defs)
 
-    with _without_loaded_model_warnings():
-        wrapped = HFLM(
-            pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length
-        )
+    if hasattr(model, "lm_eval_model"):  # another engine's scorer (llama.cpp) wraps itself
+        wrapped = model.lm_eval_model(tokenizer, batch_size=batch_size, max_length=max_length)
+    else:
+        with _without_loaded_model_warnings():
+            wrapped = HFLM(
+                pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length
+            )
+    gen_args = decoding(tokenizer, generation)
+    repeats = int((generation or {}).get("repeats") or 1)
     evaluated, task_objects, leaf_limit, calls = _evaluate_by_limit(
-        lm_eval, wrapped, manager, limits, sel, defs, show_progress
+        lm_eval, wrapped, manager, limits, sel, defs, show_progress, gen_args, repeats
     )
+    generated: dict[str, Any] = {}
 
     # Report in the order asked, under the names asked (arc_easy, not qeval_arc_easy).
     order = {name: i for i, name in enumerate(sel.requested_by_lm_name)}
@@ -239,7 +254,13 @@ def run_tasks(
     n_samples, sample_files = {}, {}
     for lm_name, samples in evaluated["samples"].items():
         path = out_dir / "samples" / f"{report.get(lm_name, lm_name)}.jsonl"
-        write_samples(path, sample_rows(task_objects.get(lm_name), samples))
+        rows = sample_rows(task_objects.get(lm_name), samples)
+        task = task_objects.get(lm_name)
+        if task is not None and is_generative(task):  # decoding settings and collapse detectors
+            settings = recorded_settings(task, gen_args, repeats)
+            annotate_truncation(rows, tokenizer, settings["generation_kwargs"].get("max_gen_toks"))
+            generated[report.get(lm_name, lm_name)] = {**settings, "collapse": collapse_summary(rows)}
+        write_samples(path, rows)
         sample_files[report.get(lm_name, lm_name)] = str(path.relative_to(out_dir))
     for lm_name, counts in evaluated["n-samples"].items():
         n_samples[report.get(lm_name, lm_name)] = int(
@@ -271,6 +292,8 @@ def run_tasks(
         duration_s=round(time.perf_counter() - started, 3),
         dtype=dtype,
         lm_eval_commands=commands,
+        generation=plain(generated),
+        mde_points={task: mde_points(n) for task, n in n_samples.items()},
     )
     result.write(out_dir / TasksResult.FILE)
     return result.to_dict()
@@ -278,7 +301,8 @@ def run_tasks(
 
 def _evaluate_by_limit(
     lm_eval: Any, wrapped: Any, manager: Any, limits: dict[str, int | None], sel: Selection,
-    defs: dict[str, TaskDefinition], show_progress: bool,
+    defs: dict[str, TaskDefinition], show_progress: bool, gen_args: dict[str, Any] | None = None,
+    repeats: int = 1,
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, int | None], list[tuple[int | None, list[str]]]]:
     """Run one simple_evaluate per distinct limit; return merged results, task objects, limits and calls."""
     evaluated: dict[str, Any] = {"results": {}, "n-samples": {}, "samples": {}}
@@ -297,14 +321,26 @@ def _evaluate_by_limit(
                 leaf_limit.update(dict.fromkeys(loaded["tasks"], value))
                 groups = loaded.get("groups") or {}
                 specs.extend([groups[name]] if name in groups else loaded["tasks"].values())
-            result = lm_eval.simple_evaluate(
-                model=wrapped,
-                tasks=specs,
-                task_manager=manager,
-                limit=value,
-                log_samples=True,
-                **SEEDS,
-            )
-        for key in evaluated:
-            evaluated[key].update(result.get(key) or {})
+            # Generative tasks run apart: the chat template and decoding settings are theirs only.
+            gen_specs = [t for t in specs if is_generative(t)]
+            parts = [(p, {}) for p in [[t for t in specs if not is_generative(t)]] if p]
+            if gen_specs:
+                for task in gen_specs:
+                    task.set_config(key="repeats", value=repeats)
+                parts.append((gen_specs, gen_args or {}))
+            results = [
+                lm_eval.simple_evaluate(
+                    model=wrapped,
+                    tasks=part,
+                    task_manager=manager,
+                    limit=value,
+                    log_samples=True,
+                    **SEEDS,
+                    **extra,
+                )
+                for part, extra in parts
+            ]
+        for result in results:
+            for key in evaluated:
+                evaluated[key].update(result.get(key) or {})
     return evaluated, task_objects, leaf_limit, calls

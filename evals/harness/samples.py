@@ -57,6 +57,10 @@ def sample_rows(task: Any, samples: list[dict[str, Any]]) -> list[dict[str, Any]
     first_filter = samples[0].get("filter", "none")
     wanted = "none" if any(s.get("filter") == "none" for s in samples) else first_filter
     output_type = task.get_config("output_type") if task is not None else None
+    if output_type == "generate_until":  # every filter's answer per document, and collapse detectors
+        from evals.generation import generation_rows
+
+        return generation_rows(samples)
     rows = []
     for s in sorted(
         (s for s in samples if s.get("filter", "none") == wanted), key=lambda s: s["doc_id"]

@@ -50,6 +50,8 @@ def default_model_note(model: str, exit_code: int) -> str | None:
     limit = tasks.get("limit")
     gates = {**(recipe.get("gates") or {}), **((recipe.get("model") or {}).get("gates") or {})}
     gate = gates.get("acc_min_recovery")
+    if isinstance(limit, dict):  # per task: name the largest, the one that settles the most
+        limit = max(limit.values(), default=None)
     per_task = f"{limit} examples per task" if isinstance(limit, int) else "the quick suite's sample sizes"
     threshold = f"an accuracy recovery gate of {gate}" if gate else "an accuracy recovery gate"
     return (f"Expected on {DEFAULT_MODEL} with the {QUICK_SUITE} suite: {per_task} give a confidence interval on "

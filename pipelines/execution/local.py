@@ -21,7 +21,9 @@ log = logging.getLogger(__name__)
 # Anything else (a crash: 5, a signal: negative) also fails the scheme.
 WORKER_OK, WORKER_FAILED, WORKER_BAD_INPUT = EXIT_PASS, EXIT_INCOMPLETE, EXIT_BAD_INPUT
 
-STAGE_GROUPS = (("quantize", "evaluate"), ("benchmark",))
+# serve runs in the benchmark's process, after it: the benchmark has freed its model by then and
+# the engine server is a process of its own, so nothing is shared but the worker's start-up.
+STAGE_GROUPS = (("quantize", "evaluate"), ("benchmark", "serve"))
 
 
 def worker_command(model: str, scheme: str, stages: tuple[str, ...], *, force: bool, quiet: bool,
@@ -107,10 +109,10 @@ def run_stages_in_process(model: str, scheme: str, stages: tuple[str, ...], *, f
 def _run_stages_locked(model: str, scheme: str, stages: tuple[str, ...], *, force: bool, quiet: bool,
                        profile: bool) -> int:
     from pipelines.rundir import Manifest
-    from pipelines.stages import benchmark, evaluate, quantize
+    from pipelines.stages import benchmark, evaluate, quantize, serve
     from pipelines.stages.common import StageContext
 
-    functions = {"quantize": quantize.run, "evaluate": evaluate.run, "benchmark": benchmark.run}
+    functions = {"quantize": quantize.run, "evaluate": evaluate.run, "benchmark": benchmark.run, "serve": serve.run}
     ctx = StageContext.from_run_dir(model, scheme, force=force, show_progress=not quiet, profile=profile)
     for stage in stages:
         if stage != "quantize":
@@ -123,6 +125,5 @@ def _run_stages_locked(model: str, scheme: str, stages: tuple[str, ...], *, forc
         status = functions[stage](ctx)
         if status == "failed":
             return WORKER_FAILED
-        if status == "skipped":
-            return WORKER_OK
+        # skipped is not a failure: the next stage runs (a skipped quantize stops it above)
     return WORKER_OK

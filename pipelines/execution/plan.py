@@ -37,7 +37,7 @@ from pipelines.stages.common import StageContext
 
 log = logging.getLogger(__name__)
 
-PER_SCHEME_STAGES = ("quantize", "evaluate", "benchmark")
+PER_SCHEME_STAGES = ("quantize", "evaluate", "benchmark", "serve")
 
 
 @dataclass
@@ -53,6 +53,7 @@ class SweepOptions:
     data_dir: str | None = None
     prequantized: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
+    hardware: dict[str, Any] = field(default_factory=dict)  # --hardware: wins over the model recipe's
     force: bool = False
     quiet: bool = False
     profile: bool = False
@@ -129,6 +130,11 @@ def plan(opts: SweepOptions) -> Plan:
     recipes, skipped = {}, {}
     for scheme in schemes:
         recipe = cfg.resolve_recipe(model, scheme, suite)
+        if opts.hardware:
+            from pipelines.recipes.serving import HardwareConfig, merge_section
+
+            recipe.hardware = cfg.validate(HardwareConfig, merge_section(recipe.hardware.model_dump(), opts.hardware),
+                                           "--hardware")
         if opts.prequantized and get_quantizer(recipe.scheme.quantizer).prequantized:
             recipe.scheme.source = opts.prequantized
         if recipe.scheme.baseline and recipe.scheme.baseline != model.name:

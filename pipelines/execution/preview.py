@@ -30,6 +30,7 @@ STAGE_FIELDS = {
                  "data_dir", "device"),
     "evaluate": ("perplexity.", "tasks.", "model.max_context", "data_dir", "device"),
     "benchmark": ("benchmark.", "device"),
+    "serve": ("serve.", "slo.", "hardware.", "device"),
 }
 MAX_CHANGES_SHOWN = 3
 
@@ -121,6 +122,11 @@ def key_fields(recipe) -> dict[str, str]:
     fields["tasks"] = (f"{','.join(tasks.names)} limit={tasks.limit}" if tasks.names else "none")
     fields["benchmark"] = (f"batch {bench.batch_sizes} prompt {bench.prompt_lens} gen {bench.gen_lens} "
                            f"iters={bench.iters}")
+    srv, slo = recipe.serve, recipe.slo
+    fields["serve"] = (f"{srv.engine} levels {srv.levels} x {srv.requests_per_level} requests, prompt "
+                       f"{srv.prompt_tokens}±{srv.prompt_tokens_stdev} out {srv.output_tokens}±{srv.output_tokens_stdev}, "
+                       f"SLO {', '.join(f'{k} {v:g}' for k, v in slo.targets().items()) or 'none'}"
+                       if srv.enabled else "off")
     from pipelines.quantizers.loading import resolve_device
 
     fields["model"] = f"{recipe.model.source} ({recipe.model.dtype})"
@@ -131,14 +137,14 @@ def key_fields(recipe) -> dict[str, str]:
 def stage_plans(ctx: StageContext, *, force: bool) -> list[StagePlan]:
     """Cached or will run, and why, for each stage of one scheme."""
     from pipelines.environment import library_versions
-    from pipelines.stages.keys import benchmark_key, evaluate_key, quantize_key
+    from pipelines.stages.keys import benchmark_key, evaluate_key, quantize_key, serve_key
 
     manifest = Manifest(ctx.sdir)  # reads; never writes
     old_recipe = read_recipe(ctx.sdir.recipe_path)
     new_recipe = ctx.recipe.model_dump(mode="json")
     q_key = quantize_key(ctx)
     keys = {"quantize": q_key, "evaluate": evaluate_key(ctx, quantize=q_key),
-            "benchmark": benchmark_key(ctx, quantize=q_key)}
+            "benchmark": benchmark_key(ctx, quantize=q_key), "serve": serve_key(ctx, quantize=q_key)}
     out: list[StagePlan] = []
     quantize_runs = False
     for stage in PER_SCHEME_STAGES:

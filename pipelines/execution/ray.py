@@ -317,7 +317,7 @@ class Scheduler:
     def submit(self, job: Job, stages: tuple[str, ...]) -> None:
         model, scheme = job
         recipe = self.recipes[job]
-        res = task_resources(recipe, self.cluster, benchmark="benchmark" in stages,
+        res = task_resources(recipe, self.cluster, benchmark="benchmark" in stages or "serve" in stages,
                              memory_gib=self.memory_gib.get(model))
         what = "+".join(stages)
         # Ray gives a task's torch as many threads as the task has CPUs: the keys use that count.

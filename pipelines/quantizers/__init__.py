@@ -23,6 +23,8 @@ REGISTRY: dict[str, str] = {
     "fp8-dynamic": "pipelines.quantizers.fp8_dynamic:FP8DynamicQuantizer",
     "nf4": "pipelines.quantizers.nf4:NF4Quantizer",
     "prequantized": "pipelines.quantizers.prequantized:PrequantizedQuantizer",
+    "gguf": "pipelines.quantizers.gguf:GGUFQuantizer",
+    "gguf-imatrix": "pipelines.quantizers.gguf:GGUFImatrixQuantizer",
 }
 
 

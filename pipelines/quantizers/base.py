@@ -51,6 +51,10 @@ class QuantizeOutcome:
     format: str  # checkpoint format (gptq, awq-gemm, bitsandbytes, torchao, compressed-tensors, dense)
     backend_losses: dict[str, float] = field(default_factory=dict)  # per-layer loss the library reports
     notes: list[str] = field(default_factory=list)
+    # Engines other than transformers: what the engine reports (version, type, bits per weight,
+    # sizes) for quantize.json, and per-tensor errors it measured itself (layer_errors.LayerError).
+    engine_info: dict[str, Any] | None = None
+    layer_errors: list[Any] = field(default_factory=list)
 
 
 class Quantizer:
@@ -62,6 +66,9 @@ class Quantizer:
 
     key: ClassVar[str]
     library: ClassVar[str]  # distribution name, for its version
+    # What runs the checkpoint: "transformers" (loaded with ``load``) or "llama.cpp" (a GGUF
+    # file; the stages evaluate and benchmark it through pipelines.llamacpp's build).
+    engine: ClassVar[str] = "transformers"
     ParamsModel: ClassVar[type[Params]] = Params
     # Checkpoint format written (the README's scheme table shows it).
     format: ClassVar[str] = "dense"
@@ -82,6 +89,8 @@ class Quantizer:
     # the layer report then adds a fitted figure beside the raw one.
     folds_input_scales: ClassVar[bool] = False
     install_hint: ClassVar[str] = "pip install -e ."
+    # The checkpoint's config carries its compute dtype (bitsandbytes, torchao): load forces none.
+    loads_in_saved_dtype: ClassVar[bool] = False
 
     def emulated_on(self, device: str, checkpoint_format: str | None = None) -> bool:
         """True where ``device`` runs a dequantized stand-in of the scheme's real kernel.
@@ -124,8 +133,8 @@ class Quantizer:
         """Load a checkpoint this quantizer wrote; default: plain transformers in ``dtype``."""
         from pipelines.quantizers.loading import load_checkpoint, torch_dtype
 
-        return load_checkpoint(checkpoint, device, n_gpus, trust_remote_code=trust_remote_code,
-                               dtype=torch_dtype(dtype))
+        forced = {} if self.loads_in_saved_dtype else {"dtype": torch_dtype(dtype)}
+        return load_checkpoint(checkpoint, device, n_gpus, trust_remote_code=trust_remote_code, **forced)
 
 
 def check_group_size(group_size: int, layer_shapes: dict[str, tuple[int, int]], scheme: str) -> None:

@@ -70,3 +70,11 @@ def source_path(recipe: ModelRecipe) -> str:
 def max_context(config: Any, recipe: ModelRecipe) -> int:
     ctx = getattr(config, "max_position_embeddings", None) or 2048
     return min(ctx, recipe.max_context) if recipe.max_context else ctx
+
+
+DEFAULT_PPL_SEQ_LEN = 2048
+
+
+def perplexity_seq_len(configured: int | None, context: int) -> int:
+    """The window length: as configured (checked against the context at planning), else 2048 capped."""
+    return configured if configured is not None else min(DEFAULT_PPL_SEQ_LEN, context)

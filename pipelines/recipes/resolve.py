@@ -24,6 +24,7 @@ from pipelines.recipes.schema import (
     Strict,
     SuiteRecipe,
 )
+from pipelines.recipes.serving import HardwareConfig, SloConfig, merge_section
 from pipelines.rundir.paths import PROJECT_ROOT
 
 
@@ -182,6 +183,11 @@ def resolve_recipe(
         tasks=suite.tasks,
         benchmark=suite.benchmark,
         gates=suite.gates,
+        serve=suite.serve,
+        # The model's slo:/hardware: win key by key; a malformed value is an error naming the model.
+        slo=validate(SloConfig, merge_section(suite.slo.model_dump(), model.slo), f"slo of {model.name}"),
+        hardware=HardwareConfig(**merge_section(suite.hardware.model_dump(),
+                                                model.hardware.model_dump() if model.hardware else None)),
         data_dir=suite.data_dir,
         device=suite.device,
     )

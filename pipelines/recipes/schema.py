@@ -19,6 +19,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from pipelines.recipes.serving import HardwareConfig, ServeConfig, SloConfig
+
 DType = Literal["float32", "bfloat16", "float16"]
 # Every value a stage would reject is rejected here, when the recipe is validated at plan
 # time, so a sweep never runs quantize and evaluate only to fail in the benchmark.
@@ -63,6 +65,8 @@ class ModelRecipe(Strict):
         default_factory=dict, description="scheme name -> params that this model needs (e.g. group_size)"
     )
     gates: dict[str, Any] = Field(default_factory=dict, description="overrides of the suite's gates")
+    slo: dict[str, Any] = Field(default_factory=dict, description="overrides of the suite's slo: block")
+    hardware: HardwareConfig | None = Field(None, description="the serving machine and its price (serve stage)")
     description: str = ""
 
 
@@ -95,6 +99,16 @@ class SchemeRecipe(Strict):
     baseline: str | None = Field(None, description="prequantized: the model alias it is compared against")
 
 
+class FidelityConfig(Strict):
+    """KL / top-1 agreement against the baseline on the perplexity windows (evals/fidelity.py)."""
+
+    top_k: int | None = Field(32, ge=1, description="baseline tokens stored per position; null: full rows "
+                              "(exact KL, 4 bytes x vocabulary per token)")
+    noise_floor: bool = Field(True, description="also score the baseline in another dtype (float32 vs bf16/fp16)")
+    datasets: list[Literal["wikitext2", "c4"]] | None = Field(
+        None, description="perplexity datasets compared with the baseline; null: every one (a subset saves time)")
+
+
 class PerplexityConfig(Strict):
     datasets: list[Literal["wikitext2", "c4"]] = Field(["wikitext2"], min_length=1)
     protocol: Literal["gptq", "sliding"] = "gptq"
@@ -102,6 +116,7 @@ class PerplexityConfig(Strict):
     stride: int | None = Field(None, ge=1, description="sliding protocol only; default seq_len // 2")
     max_windows: int | None = Field(None, ge=1, description="score only the first N windows (smoke runs)")
     batch_size: int = Field(4, ge=1)
+    fidelity: FidelityConfig | None = Field(FidelityConfig(), description="null: no fidelity.json")
 
     @model_validator(mode="after")
     def _stride_fits_protocol(self) -> PerplexityConfig:
@@ -114,12 +129,23 @@ class PerplexityConfig(Strict):
         return self
 
 
+class GenerationConfig(Strict):
+    """Decoding of generative tasks (gsm8k); recorded in tasks.json. Greedy unless repeats > 1."""
+
+    max_gen_toks: Positive | None = Field(None, description="token budget per answer; null: the task's own (256)")
+    repeats: Positive = Field(1, description="samples per prompt; > 1 samples at `temperature` instead of greedy")
+    temperature: float = Field(0.7, gt=0, description="used only when repeats > 1")
+    chat_template: bool | Literal["auto"] = Field(
+        "auto", description="apply the tokenizer's chat template (few-shot as multi-turn); auto: when it has one")
+
+
 class TasksConfig(Strict):
     names: list[TaskName] = []
     limit: Positive | dict[str, Positive | None] | None = Field(
         None, description="examples per task: one number, or per task name (None: all)")
     batch_size: int = Field(8, ge=1)
     tasks_dir: str | None = None
+    generation: GenerationConfig = GenerationConfig()
 
 
 class BenchmarkConfig(Strict):
@@ -145,6 +171,9 @@ class SuiteRecipe(Strict):
     tasks: TasksConfig = TasksConfig()
     benchmark: BenchmarkConfig = BenchmarkConfig()
     gates: dict[str, Any] = {}
+    serve: ServeConfig = ServeConfig()
+    slo: SloConfig = SloConfig(ttft_ms_p99=2000, itl_ms_p99=200)
+    hardware: HardwareConfig = HardwareConfig()
     data_dir: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
@@ -160,6 +189,9 @@ class ResolvedRecipe(Strict):
     tasks: TasksConfig
     benchmark: BenchmarkConfig
     gates: dict[str, Any]  # the suite's; the model's override is in model.gates
+    serve: ServeConfig = ServeConfig()
+    slo: SloConfig = SloConfig()  # the suite's, with the model's slo: merged in
+    hardware: HardwareConfig = HardwareConfig()  # suite < model < command line
     data_dir: str | None
     device: Literal["auto", "cpu", "cuda"]
 

@@ -60,6 +60,10 @@ class SchemeDir:
     def bench_dir(self) -> Path:
         return self.root / "bench"
 
+    @property
+    def serve_dir(self) -> Path:
+        return self.root / "serve"
+
 
 def model_dir(model: str) -> Path:
     return runs_root() / model

@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from evals.data import read_jsonl
+from evals.fidelity import read_token_kl
 from evals.results import (
+    FidelityFile,
     MemoryResult,
     PerplexityFile,
     PerplexityResult,
@@ -73,6 +75,8 @@ class SchemeEvidence:
     perplexity: dict[str, PerplexityEvidence] = field(default_factory=dict)
     task_samples: dict[str, list[dict]] = field(default_factory=dict)  # samples/<task>.jsonl rows
     task_metrics: dict[str, dict] = field(default_factory=dict)  # tasks.json "results"
+    fidelity: FidelityFile | None = None  # eval/fidelity.json (KL, top-1 vs the baseline, noise floor)
+    token_kl: dict[str, Any] = field(default_factory=dict)  # dataset -> per-token KL array
     task_sizes: dict[str, int] = field(default_factory=dict)  # examples in each task's dataset, where known
     weights_gib: float | None = None
     decode_tok_s: dict[int, float] = field(default_factory=dict)  # batch size -> median decode tok/s
@@ -82,6 +86,7 @@ class SchemeEvidence:
     cost_representative: bool = True
     cost_note: str | None = None  # why the cost numbers are not representative
     cost_device: str | None = None  # the device (name) the cost numbers were measured on
+    serve: Any = None  # pipelines.signoff.serving.ServeEvidence: capacity, goodput, $/1M from serve.json
 
 
 def read_evidence(sdir: SchemeDir, scheme: str, recipe: ResolvedRecipe) -> SchemeEvidence:
@@ -103,7 +108,13 @@ def read_evidence(sdir: SchemeDir, scheme: str, recipe: ResolvedRecipe) -> Schem
             size = task_size(tasks, task)
             if size is not None:
                 ev.task_sizes[task] = size
+    ev.fidelity = FidelityFile.read_if_present(sdir.eval_dir / FidelityFile.FILE)
+    if ev.fidelity is not None:
+        ev.token_kl = read_token_kl(sdir.eval_dir, ev.fidelity.token_kl_file)
     _read_cost(sdir, recipe.model.target_device, ev)
+    from pipelines.signoff.serving import read_serve_evidence
+
+    ev.serve = read_serve_evidence(sdir, recipe.scheme.quantizer, recipe.model.target_device)
     return ev
 
 

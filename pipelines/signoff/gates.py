@@ -36,6 +36,14 @@ class BatchThreshold(BaseModel):
     )
 
 
+class FloorMultiple(BaseModel):
+    """A threshold stated as a multiple of the model's measured noise floor (fidelity.json)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    floor_x: float = Field(gt=0, description="Multiple of the noise floor's figure (e.g. 20).")
+
+
 class Gates(BaseModel):
     """Pass criteria of the sign-off, from the suite's ``gates:`` block (overridable per model)."""
 
@@ -78,6 +86,32 @@ class Gates(BaseModel):
         default=None,
         description="Tasks the accuracy gates cover; null means every task the baseline measured.",
     )
+    # Fidelity gates (pipelines/signoff/fidelity_gates.py): eval/fidelity.json against the
+    # baseline, intervals by resampling perplexity windows; flips from the task samples.
+    kl_max_mean: Positive | FloorMultiple | None = Field(
+        default=None,
+        description=(
+            "Largest allowed mean KL(baseline||scheme) per token, nats, on every fidelity dataset; "
+            "or {floor_x: m}: m times the noise floor's mean. A top-k KL is a lower bound (see fidelity.json)."
+        ),
+    )
+    kl_max_p99: Positive | FloorMultiple | None = Field(
+        default=None, description="Largest allowed p99 of per-token KL(baseline||scheme), nats; or {floor_x: m}."
+    )
+    top1_min_agreement: Annotated[float, Field(gt=0, le=1)] | None = Field(
+        default=None, description="Smallest allowed share of positions whose top token is the baseline's."
+    )
+    flip_max_rate: Annotated[float, Field(gt=0, le=1)] | None = Field(
+        default=None,
+        description="Largest allowed share of task examples whose correctness differs from the baseline's.",
+    )
+    collapse_max_increase: Annotated[float, Field(gt=0, le=1)] | None = Field(
+        default=None,
+        description=(
+            "Generative tasks: largest allowed mean increase over the baseline, per example, of the "
+            "repeated 4-gram rate, the share of answers with no number, and of empty or truncated answers."
+        ),
+    )
     # Cost gates: decided only on numbers measured on the model's target_device by a
     # representative (not emulated) run; otherwise SKIPPED with the reason.
     max_weights_gib: Positive | None = Field(
@@ -110,6 +144,14 @@ class Gates(BaseModel):
             "batch size, e.g. {bs: 1, value: 1.2} = at most 20% slower to the first token."
         ),
     )
+    # Serving gates (pipelines/signoff/serving.py): serve/serve.json, capacity at the suite's slo:
+    # and $ per 1M output tokens at that capacity; decided only on the model's target device/engine.
+    min_capacity: Positive | None = Field(
+        default=None, description="Smallest allowed capacity at the SLO, in concurrent streams.")
+    min_capacity_rel: Positive | None = Field(
+        default=None, description="Smallest allowed capacity at the SLO as a multiple of the baseline's.")
+    max_usd_per_m_rel: Positive | None = Field(
+        default=None, description="Largest allowed $ per 1M output tokens as a multiple of the baseline's.")
     confidence: float = Field(
         default=0.95, gt=0, lt=1, description="Coverage of the two-sided bootstrap intervals."
     )

@@ -24,6 +24,8 @@ from typing import Any
 
 from evals.results import MemoryResult, PerplexityFile, QuantizeResult, SpeedResult, TasksResult
 from pipelines.rundir import SchemeDir, scheme_dir
+from pipelines.signoff.fidelity_metrics import FIDELITY_METRIC_NAMES, fidelity_metrics
+from pipelines.signoff.serve_metrics import SERVE_METRIC_NAMES, serve_metrics
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,8 @@ METRIC_NAMES: dict[str, tuple[str, str]] = {
     "recovery.acc.<task>": ("baseline + scheme", "acc.<task> of the scheme divided by the baseline's (1.0 = no loss)"),
     "recovery.acc_norm.<task>": ("baseline + scheme", "acc_norm.<task> of the scheme divided by the baseline's"),
     "recovery.acc_mean": ("baseline + scheme", "mean acc of the scheme / mean acc of the baseline, over the tasks both ran"),
+    **FIDELITY_METRIC_NAMES,
+    **SERVE_METRIC_NAMES,
 }
 
 # (row field, statistic of evals.speed.summarize, metric prefix); the shape is appended.
@@ -188,6 +192,8 @@ def scheme_metrics(sdir: SchemeDir) -> dict[str, float]:
     out.update(_memory_metrics(MemoryResult.read_if_present(sdir.bench_dir / MemoryResult.FILE), quantize))
     out.update(_speed_metrics(SpeedResult.read_if_present(sdir.bench_dir / SpeedResult.FILE)))
     out.update(_quantize_metrics(quantize))
+    out.update(fidelity_metrics(sdir))
+    out.update(serve_metrics(sdir))
     return out
 
 

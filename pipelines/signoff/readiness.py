@@ -17,7 +17,10 @@ from collections.abc import Mapping
 
 from pipelines.rundir import Manifest
 
-STAGES = ("quantize", "evaluate", "benchmark")
+STAGES = ("quantize", "evaluate", "benchmark", "serve")
+# serve: a scheme its engine cannot serve is a recorded skip, not missing evidence; a run directory
+# from before the stage existed has no entry and is judged without serving numbers.
+MAY_SKIP = ("serve",)
 _ERROR_CHARS = 300  # enough for the message; the manifest keeps the traceback
 
 
@@ -27,6 +30,10 @@ def not_judged_reason(manifest: Manifest, current_keys: Mapping[str, str]) -> st
     for stage in STAGES:
         entry = manifest.stage(stage)
         status = entry.get("status")
+        if status is None and stage in MAY_SKIP:
+            continue
+        if status == "skipped" and stage in MAY_SKIP:
+            continue
         if status is None:
             problems.append(f"{stage}: not run")
         elif status == "done":

@@ -24,6 +24,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from pipelines.signoff import frontier
+from pipelines.signoff.fidelity_report import fidelity_tables
+
 VERDICT_COLUMNS = ("PASS", "FAIL", "INCONCLUSIVE", "SKIPPED")
 GATE_HEADERS = (
     "Scheme",
@@ -81,11 +84,14 @@ def render_markdown(signoff: Mapping[str, Any], context: Mapping[str, Any]) -> s
     lines += ["", "## Gates", ""]
     gate_rows = _gate_rows(signoff)
     lines += _md_table(GATE_HEADERS, gate_rows) if gate_rows else ["No gated scheme."]
+    for title, headers, rows, note in fidelity_tables(signoff):
+        lines += ["", f"## {_md(title)}", "", _md(note), "", *_md_table(headers, rows)]
     lines += ["", "## Quality versus cost", ""]
     if context.get("pareto_png"):
         lines.append(f"![Pareto plot: quality versus cost per scheme]({context['pareto_png']})")
     else:
         lines.append("No Pareto plot was produced.")
+    lines += frontier.markdown(signoff.get("ship_frontier"))
     lines += ["", "## Method", "", _md(signoff.get("method", "")), ""]
     lines += ["## Protocols", ""]
     for section, table in _protocol_tables(context):
@@ -126,8 +132,10 @@ def render_html(
         *_html_not_judged(signoff),
         "<h2>Gates</h2>",
         _html_gate_table(signoff),
+        *(f"<h2>{_h(t)}</h2><p>{_h(note)}</p>{_html_table(h, r)}" for t, h, r, note in fidelity_tables(signoff)),
         "<h2>Quality versus cost</h2>",
         _html_pareto(pareto_png),
+        frontier.render_html(signoff.get("ship_frontier")),
         "<h2>Method</h2>",
         f"<p>{_h(signoff.get('method', ''))}</p>",
         "<h2>Protocols</h2>",

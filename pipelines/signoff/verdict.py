@@ -25,8 +25,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from pipelines.errors import EXIT_FAIL, EXIT_INCOMPLETE, EXIT_INCONCLUSIVE, EXIT_PASS, QevalError
+from pipelines.signoff.collapse_gates import collapse_gates
 from pipelines.signoff.cost import cost_gates
 from pipelines.signoff.evidence import SchemeEvidence
+from pipelines.signoff.fidelity_gates import fidelity_gates, flip_gates
 from pipelines.signoff.gates import Gates
 from pipelines.signoff.outcome import (
     BASELINE,
@@ -38,6 +40,7 @@ from pipelines.signoff.outcome import (
     GateResult,
 )
 from pipelines.signoff.quality import accuracy_gates, perplexity_gates
+from pipelines.signoff.serving import serve_gates
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +80,10 @@ def evaluate_scheme(baseline: SchemeEvidence, scheme: SchemeEvidence, gates: Gat
         *perplexity_gates(baseline, scheme, gates),
         *accuracy_gates(baseline, scheme, gates),
         *cost_gates(baseline, scheme, gates),
+        *serve_gates(baseline.serve, scheme.serve, gates),
+        *fidelity_gates(baseline, scheme, gates),
+        *flip_gates(baseline, scheme, gates),
+        *collapse_gates(baseline, scheme, gates),
     ]
     verdict, note = combine(results)
     log.info("scheme %s: %s", scheme.scheme, verdict)

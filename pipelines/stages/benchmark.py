@@ -35,6 +35,10 @@ def _benchmark(ctx: StageContext) -> tuple[list[Path], dict]:
 
     recipe, device, bench = ctx.recipe, ctx.device, ctx.recipe.benchmark
     quantizer = get_quantizer(recipe.scheme.quantizer)
+    if quantizer.engine != "transformers":  # llama.cpp measures its own GGUF (llama-bench)
+        from pipelines.stages.engine import benchmark_engine
+
+        return benchmark_engine(ctx, quantizer)
     reset_peak_memory(device)
     loading.count_load("benchmark")
     model = quantizer.load(ctx.checkpoint(), device, recipe.model.dtype, recipe.model.n_gpus,

@@ -1,10 +1,11 @@
 """Evaluate stage: perplexity and lm-eval tasks on the reloaded checkpoint, loaded once.
 
-Writes ``eval/perplexity.json``, ``eval/tasks.json`` and ``eval/samples/<task>.jsonl``.
+Writes ``eval/perplexity.json``, ``eval/fidelity.json``, ``eval/tasks.json`` and ``eval/samples/<task>.jsonl``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -14,17 +15,11 @@ from evals.results import PerplexityFile, TasksResult
 from pipelines.quantizers import get_quantizer, loading
 from pipelines.recipes import models
 from pipelines.stages.common import StageContext, run_stage
+from pipelines.stages.fidelity import fidelity_run
 from pipelines.stages.keys import evaluate_key
 
 log = logging.getLogger(__name__)
 
-
-DEFAULT_PPL_SEQ_LEN = 2048
-
-
-def perplexity_seq_len(configured: int | None, context: int) -> int:
-    """The window length: as configured (checked against the context at planning), else 2048 capped."""
-    return configured if configured is not None else min(DEFAULT_PPL_SEQ_LEN, context)
 
 
 def run(ctx: StageContext) -> str:
@@ -37,14 +32,28 @@ def _evaluate(ctx: StageContext) -> tuple[list[Path], dict]:
     data_dir = resolve_data_dir(recipe.data_dir)
     tokenizer = loading.load_tokenizer(ctx.base_source, recipe.model.revision,
                                      trust_remote_code=recipe.model.trust_remote_code)
+    # Fidelity: the baseline's reference is made (or found) before this checkpoint is loaded.
+    fidelity = fidelity_run(ctx, tokenizer, getattr(quantizer, "is_reference", False))
+    held = contextlib.ExitStack()  # released after the perplexity pass (a failure frees it with the frame)
+    if fidelity is not None:
+        held.enter_context(fidelity.prepared())
+        if quantizer.engine == "llama.cpp":  # the GGUF schemes' own floor: gguf-f16 against the HF baseline
+            from pipelines.stages.engine import add_gguf_f16_floor
+
+            add_gguf_f16_floor(ctx, fidelity)
     loading.count_load("evaluate")
-    model = quantizer.load(ctx.checkpoint(), device, recipe.model.dtype, recipe.model.n_gpus,
-                           trust_remote_code=recipe.model.trust_remote_code)
+    if quantizer.engine == "transformers":
+        model = quantizer.load(ctx.checkpoint(), device, recipe.model.dtype, recipe.model.n_gpus,
+                               trust_remote_code=recipe.model.trust_remote_code)
+    else:  # llama.cpp: a scorer on the GGUF; perplexity and tasks take it as they take a model
+        from pipelines.stages.engine import open_for_eval
+
+        model = open_for_eval(ctx, quantizer)
     context = models.max_context(model.config, recipe.model)
     outputs: list[Path] = []
 
     ppl_cfg = recipe.perplexity
-    seq_len = perplexity_seq_len(ppl_cfg.seq_len, context)
+    seq_len = models.perplexity_seq_len(ppl_cfg.seq_len, context)
     results = {}
     for dataset in ppl_cfg.datasets:
         text, source = perplexity_text(dataset, data_dir)
@@ -52,10 +61,14 @@ def _evaluate(ctx: StageContext) -> tuple[list[Path], dict]:
             model, tokenizer, text, dataset=dataset, source=source, protocol=ppl_cfg.protocol,
             seq_len=seq_len, stride=ppl_cfg.stride, max_windows=ppl_cfg.max_windows,
             batch_size=ppl_cfg.batch_size, max_context=context, show_progress=ctx.show_progress,
+            observer=fidelity.observer(dataset) if fidelity is not None else None,
         )
         results[dataset] = result
         log.info("%s/%s: ppl %s = %.3f over %d windows", ctx.model, ctx.scheme, dataset, result.ppl, result.n_windows)
     outputs.append(PerplexityFile(results).write(ctx.sdir.eval_dir / PerplexityFile.FILE))
+    held.close()
+    if fidelity is not None:
+        outputs += fidelity.write(ctx.sdir.eval_dir)
 
     if recipe.tasks.names:
         from evals.harness import run_tasks
@@ -64,6 +77,7 @@ def _evaluate(ctx: StageContext) -> tuple[list[Path], dict]:
         run_tasks(
             model, tokenizer, recipe.tasks.names, out_dir=ctx.sdir.eval_dir, data_dir=data_dir,
             tasks_dir=tasks_dir, limit=recipe.tasks.limit, batch_size=recipe.tasks.batch_size,
+            generation=recipe.tasks.generation.model_dump(),
             max_length=context, show_progress=ctx.show_progress,
             pretrained=ctx.checkpoint(), tokenizer_source=ctx.base_source,
         )

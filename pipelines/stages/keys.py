@@ -28,14 +28,15 @@ from pipelines.environment import hardware, library_versions
 from pipelines.rundir import PROJECT_ROOT, Manifest, stable_hash
 from pipelines.stages.common import StageContext, torch_threads
 
-STAGES = ("quantize", "evaluate", "benchmark")
+STAGES = ("quantize", "evaluate", "benchmark", "serve")
 
 # evals/ modules only one stage runs (paths relative to evals/; a folder covers its files).
 # Every other evals module (data, results, new ones) counts for all three stages: a module
 # nobody listed here reruns more than it needs to, never less.
-EVALUATE_ONLY = ("perplexity.py", "harness", "tasks")
-BENCHMARK_ONLY = ("speed.py", "memory.py", "roofline.py", "profiling.py", "kernels.py")
-SIGNOFF_ONLY = ("stats.py",)  # the sign-off is recomputed on every run; no stage key needs it
+EVALUATE_ONLY = ("perplexity.py", "fidelity.py", "generation.py", "flips.py", "harness", "tasks", "llamacpp_eval.py")
+BENCHMARK_ONLY = ("speed.py", "memory.py", "roofline.py", "profiling.py", "kernels.py", "llamacpp_bench.py")
+SERVE_ONLY = ("load.py", "capacity.py")
+SIGNOFF_ONLY = ("stats.py", "fidelity_stats.py")  # the sign-off is recomputed on every run; no stage key needs it
 
 
 # ----------------------------------------------------------------------------- content digests
@@ -67,13 +68,23 @@ def _quantizer_modules_of_other_schemes(scheme_quantizer: str) -> set[str]:
     return {rel(t) for t in REGISTRY.values()} - {own}
 
 
+def _engine(quantizer: str) -> str:
+    from pipelines.quantizers import REGISTRY, get_quantizer
+
+    return get_quantizer(quantizer).engine if quantizer in REGISTRY else "transformers"
+
+
 def code_files(stage: str, quantizer: str, root: Path = PROJECT_ROOT) -> list[Path]:
     """The project's own modules whose code can change ``stage``'s results."""
     evals = root / "evals"
-    own_only = {"evaluate": EVALUATE_ONLY, "benchmark": BENCHMARK_ONLY, "quantize": ()}[stage]
-    other_only = tuple(p for p in EVALUATE_ONLY + BENCHMARK_ONLY + SIGNOFF_ONLY if p not in own_only)
+    own_only = {"evaluate": EVALUATE_ONLY, "benchmark": BENCHMARK_ONLY, "serve": SERVE_ONLY, "quantize": ()}[stage]
+    other_only = tuple(p for p in EVALUATE_ONLY + BENCHMARK_ONLY + SERVE_ONLY + SIGNOFF_ONLY if p not in own_only)
     files = [p for p in _python_files(root, "evals") if not _under(p.relative_to(evals), other_only)]
     files += _python_files(root, f"pipelines/stages/{stage}.py") + _python_files(root, "pipelines/stages/common.py")
+    if _engine(quantizer) != "transformers":  # the engine's stage code and its build/conversion code
+        files += _python_files(root, "pipelines/stages/engine.py") + _python_files(root, "pipelines/llamacpp")
+    if stage == "serve":  # the engines' command lines and process handling
+        files += _python_files(root, "pipelines/engines")
     if stage == "quantize":
         others = _quantizer_modules_of_other_schemes(quantizer)
         files += [p for p in _python_files(root, "pipelines/quantizers")
@@ -184,7 +195,11 @@ def quantize_key(ctx: StageContext, threads: int | None = None) -> str:
     if _reads_calibration_data(quantizer):
         cal = recipe.calibration
         calibration = {**cal.model_dump(), "data": data_digest({cal.dataset}, recipe.data_dir)}
+    # Another engine's build (llama.cpp's version and flags) changes its checkpoints and numbers;
+    # added only for such schemes, so the transformers schemes' keys stay as they were.
+    engine = {} if quantizer.engine == "transformers" else {"engine": quantizer.engine_version()}
     return stable_hash({
+        **engine,
         "model": {"source": m.source, "revision": m.revision, "dtype": m.dtype, "n_gpus": m.n_gpus},
         "scheme": {"quantizer": s.quantizer, "params": s.params, "ignore": s.ignore, "source": s.source},
         "calibration": calibration,
@@ -210,6 +225,59 @@ def evaluate_key(ctx: StageContext, threads: int | None = None, quantize: str | 
         "torch_threads": threads or torch_threads(),
         "versions": library_versions(),
         "code": code_digest("evaluate", r.scheme.quantizer),
+        # fidelity.json depends on the baseline's stored log-probs: their content key per dataset
+        "fidelity_reference": {d: reference_key(ctx, d) for d in r.perplexity.datasets
+                               if r.perplexity.fidelity.datasets is None or d in r.perplexity.fidelity.datasets}
+        if r.perplexity.fidelity else None,
+    })
+
+
+# Weight and tokenizer files that decide a checkpoint's logits (hashed by content).
+_CHECKPOINT_FILES = ("*.safetensors", "*.bin", "*.gguf", "config.json", "tokenizer*.json", "*.model", "*.jinja")
+
+
+def checkpoint_digest(source: str, revision: str | None = None) -> str:
+    """Content digest of a local checkpoint's weights and tokenizer; a Hub id counts by id and revision.
+
+    A file in a Hugging Face cache is a link to a blob named by its content's sha256 (large
+    files): the blob's name stands for its content, so a 140 GB model is not read to key it.
+    """
+    root = Path(source)
+    if not root.is_dir():
+        return stable_hash({"hub": source, "revision": revision})
+    parts = []
+    for path in sorted({p for pattern in _CHECKPOINT_FILES for p in root.glob(pattern) if p.is_file()}):
+        target = path.resolve()
+        named = target.parent.name == "blobs" and len(target.name) == 64
+        digest = target.name if named else _sha256_of_version(target, target.stat().st_size, target.stat().st_mtime_ns)
+        parts.append((path.name, digest))
+    return stable_hash(parts)
+
+
+def reference_key(ctx: StageContext, dataset: str) -> str:
+    """Key of the baseline's stored log-probabilities on one dataset's perplexity windows.
+
+    Everything that decides the token ids (data content, tokenizer files, protocol, seq_len,
+    stride, max_windows) and the logits (weights, dtype, device, threads, batch size, versions),
+    plus the storage (top_k) and the code that records and compares them.
+    """
+    r = ctx.recipe
+    ppl = r.perplexity.model_dump(exclude={"datasets"})
+    code = hashlib.sha256(b"".join(p.read_bytes() for p in (
+        PROJECT_ROOT / "evals" / "fidelity.py", PROJECT_ROOT / "evals" / "perplexity.py",
+        PROJECT_ROOT / "pipelines" / "stages" / "fidelity.py") if p.is_file())).hexdigest()[:16]
+    return stable_hash({
+        "weights": checkpoint_digest(ctx.base_source, r.model.revision),
+        "dtype": r.model.dtype,
+        "max_context": r.model.max_context,
+        "data": data_digest({dataset}, r.data_dir),
+        "dataset": dataset,
+        "perplexity": ppl,
+        "device": ctx.device,
+        # not torch's thread count: it moves logits by float rounding only, and a reference
+        # shared by Ray tasks of different sizes is the point of the cache
+        "versions": library_versions(),
+        "code": code,
     })
 
 
@@ -223,6 +291,35 @@ def benchmark_key(ctx: StageContext, threads: int | None = None, quantize: str |
         "torch_threads": threads or torch_threads(),
         "versions": library_versions(),
         "code": code_digest("benchmark", ctx.recipe.scheme.quantizer),
+    })
+
+
+def library_version_or_missing(dist: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "missing"
+
+
+def serve_key(ctx: StageContext, threads: int | None = None, quantize: str | None = None) -> str:
+    """The checkpoint (its quantize key), the load and engine settings, the hardware and the SLO.
+
+    The SLO and the price are in it because serve.json records capacity and $/1M at them; the
+    port is not (any free port measures the same).
+    """
+    r = ctx.recipe
+    return stable_hash({
+        "quantize": quantize or Manifest(ctx.sdir).stage("quantize").get("key"),
+        "serve": r.serve.model_dump(exclude={"port"}),
+        "slo": r.slo.model_dump(),
+        "hardware_price": r.hardware.model_dump(),
+        "guidellm": library_version_or_missing("guidellm"),  # not tracked for the other stages' keys
+        "device": ctx.device,
+        "hardware": {k: v for k, v in hardware().items() if k != "platform"},
+        "versions": library_versions(),
+        "code": code_digest("serve", r.scheme.quantizer),
     })
 
 
@@ -240,6 +337,7 @@ def stage_keys(ctx: StageContext, threads: int | None = None) -> dict[str, str]:
         "quantize": quantize,
         "evaluate": evaluate_key(ctx, threads, quantize=quantize),
         "benchmark": benchmark_key(ctx, threads, quantize=quantize),
+        "serve": serve_key(ctx, threads, quantize=quantize),
     }
 
 

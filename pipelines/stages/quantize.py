@@ -136,7 +136,8 @@ def _quantize(ctx: StageContext, quantizer: Quantizer, params, ignored: list[str
 
     # Reload in this process from disk: proves the checkpoint loads and measures
     # what was saved (never the in-memory model; see the bitsandbytes trap).
-    errors: list[layer_errors.LayerError] = []
+    # An engine other than transformers (llama.cpp) scores its tensors itself.
+    errors: list[layer_errors.LayerError] = list(outcome.layer_errors)
     heldout = None
     if quantizer.measures_layer_errors:
         seq_len = min(LAYER_ERROR_SEQ_LEN, recipe.model.max_context or LAYER_ERROR_SEQ_LEN)
@@ -160,7 +161,8 @@ def _quantize(ctx: StageContext, quantizer: Quantizer, params, ignored: list[str
         variant=recipe.scheme.name,
         quantizer=quantizer.key,
         library=quantizer.library,
-        library_version=library_version(quantizer.library),
+        library_version=(library_version(quantizer.library) if quantizer.engine == "transformers"
+                         else quantizer.library_version()),
         backend=outcome.backend,
         format=outcome.format,
         params=params.model_dump(),
@@ -181,6 +183,7 @@ def _quantize(ctx: StageContext, quantizer: Quantizer, params, ignored: list[str
         notes=outcome.notes,
         worst_layers=layer_errors.worst(errors, 10),
         layer_error_windows=heldout.to_dict() if heldout is not None else None,
+        engine=outcome.engine_info,
     )
     result.write(ctx.sdir.quantize_json)
     if not quantizer.prequantized:

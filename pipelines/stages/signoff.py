@@ -15,12 +15,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from evals.results import PerplexityFile, SpeedResult, TasksResult
+from evals.results import PerplexityFile, QuantizeResult, SpeedResult, TasksResult
 from pipelines.environment import git_commit, hardware, library_versions
 from pipelines.errors import QevalError
 from pipelines.recipes import ResolvedRecipe
 from pipelines.rundir import Manifest, model_dir, scheme_dir, write_json_atomic, write_text_atomic
 from pipelines.signoff.evidence import read_evidence
+from pipelines.signoff.fidelity_gates import fidelity_summary
 from pipelines.signoff.gates import merge_gates
 from pipelines.signoff.readiness import not_judged_reason
 from pipelines.signoff.verdict import signoff
@@ -82,6 +83,10 @@ def run(model: str, schemes: list[str], *, only: list[str] | None = None) -> dic
         base_ev = read_evidence(scheme_dir(model, BASELINE), BASELINE, base_recipe)
         evidence = [read_evidence(scheme_dir(model, s), s, r) for s, r in judged.items()]
         result = signoff(base_ev, evidence, gates, not_judged=not_judged, order=requested)
+        result["fidelity"] = fidelity_summary(base_ev, [base_ev, *evidence], gates)
+        from pipelines.signoff import frontier
+
+        result["ship_frontier"] = frontier.build(base_ev, evidence, result, model_dir(model) / "plots")
     result["model"], result["generated_at"] = model, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     shown = [] if base_reason else list(judged)
     write_report(model, result, base_recipe, shown, baseline_judged=not base_reason)
@@ -102,6 +107,15 @@ def caveats(model: str, judged: list[str], recipe: ResolvedRecipe) -> list[str]:
         if speed is not None and not speed.representative:
             out.append(f"{scheme}: cost numbers are not representative ({speed.representative_reason or 'see speed.json'}); "
                        "its cost gates are skipped.")
+    other_engine = {}
+    for scheme in judged:
+        done = QuantizeResult.read_if_present(scheme_dir(model, scheme).quantize_json)
+        if done is not None and done.engine:
+            other_engine.setdefault(done.engine.get("engine", "another engine"), []).append(scheme)
+    for engine, schemes in other_engine.items():
+        out.append(f"{', '.join(schemes)}: evaluated, benchmarked and served by {engine}, the baseline by "
+                   "transformers: every comparison with the baseline crosses engines. The noise floor "
+                   "'gguf-f16' (fidelity) and the gguf-f16 scheme show how much of a difference is the engine alone.")
     if recipe.tasks.limit:
         out.append(f"Tasks ran with a limit ({recipe.tasks.limit}): accuracy intervals are wide.")
     if recipe.perplexity.max_windows:

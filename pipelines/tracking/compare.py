@@ -107,7 +107,7 @@ def _scheme_order(parents: Sequence[Mapping[str, Any]], sweep_id: str) -> list[s
 
 _METRIC_ORDER = ("ppl.", "delta.ppl.", "word_ppl.", "bits_per_byte.", "acc_mean", "recovery.acc_mean",
                  "acc.", "recovery.acc.", "acc_norm.", "recovery.acc_norm.", "acc_stderr.",
-                 "acc_norm_stderr.", "mem.", "speed.", "quant.")
+                 "acc_norm_stderr.", "fidelity.", "flips.", "mem.", "speed.", "serve.", "quant.")
 
 
 def _columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:

@@ -41,19 +41,14 @@ def quantize_and_save(request: QuantizeRequest, bnb_config) -> None:
     save_tokenizer(request)
 
 
-def load(checkpoint: str, device: str, n_gpus: int, trust_remote_code: bool = False):
-    from pipelines.quantizers.loading import load_checkpoint
-
-    # The checkpoint's config sets the compute dtype; no dtype is forced on load.
-    return load_checkpoint(checkpoint, device, n_gpus, trust_remote_code=trust_remote_code)
-
-
 class BitsAndBytesQuantizer(Quantizer):
     """Base of the bitsandbytes schemes: a BitsAndBytesConfig applied while transformers loads."""
 
     library = "bitsandbytes"
     format = "bitsandbytes"
     install_hint = "pip install bitsandbytes==0.50.2"
+    # The checkpoint's config sets the compute dtype; no dtype is forced on load.
+    loads_in_saved_dtype = True
     kernel = ""  # the module that runs the checkpoint, for quantize.json's backend
 
     def bnb_config(self, request: QuantizeRequest):
@@ -66,6 +61,3 @@ class BitsAndBytesQuantizer(Quantizer):
     def quantize(self, request: QuantizeRequest) -> QuantizeOutcome:
         quantize_and_save(request, self.bnb_config(request))
         return QuantizeOutcome(backend=f"bitsandbytes {self.kernel}", format=self.format)
-
-    def load(self, checkpoint, device, dtype, n_gpus=1, *, trust_remote_code=False):
-        return load(checkpoint, device, n_gpus, trust_remote_code)

@@ -33,19 +33,14 @@ def quantize_and_save(request: QuantizeRequest, torchao_config) -> None:
     save_tokenizer(request)
 
 
-def load(checkpoint: str, device: str, n_gpus: int, trust_remote_code: bool = False):
-    from pipelines.quantizers.loading import load_checkpoint
-
-    # The activation dtype is the one saved with the checkpoint (the recipe dtype at quantize time).
-    return load_checkpoint(checkpoint, device, n_gpus, trust_remote_code=trust_remote_code)
-
-
 class TorchAOQuantizer(Quantizer):
     """Base of the torchao schemes: one torchao config applied while transformers loads."""
 
     library = "torchao"
     format = "torchao"
     install_hint = "pip install torchao==0.18.0"
+    # The activation dtype is the one saved with the checkpoint (the recipe dtype at quantize time).
+    loads_in_saved_dtype = True
     kernel = ""  # what runs the checkpoint, for quantize.json's backend
 
     def torchao_config(self, request: QuantizeRequest):
@@ -54,6 +49,3 @@ class TorchAOQuantizer(Quantizer):
     def quantize(self, request: QuantizeRequest) -> QuantizeOutcome:
         quantize_and_save(request, self.torchao_config(request))
         return QuantizeOutcome(backend=f"torchao {self.kernel}", format=self.format)
-
-    def load(self, checkpoint, device, dtype, n_gpus=1, *, trust_remote_code=False):
-        return load(checkpoint, device, n_gpus, trust_remote_code)

@@ -1,0 +1,95 @@
+"""Recipe sections of the serve stage: the load (serve:), the latency SLO (slo:), the hardware's price.
+
+Kept beside schema.py (which imports them) so the serve settings live in one place. Unknown
+keys and non-positive values are errors at planning, like every recipe section.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Strict(BaseModel):
+    """Unknown keys are rejected (schema.py's rule; defined here so schema.py can import this module)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+PositiveMs = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+Engine = Literal["auto", "transformers", "llama.cpp", "vllm", "endpoint"]
+
+
+class SloConfig(Strict):
+    """Latency targets a load level must meet (every one set) to count towards capacity."""
+
+    ttft_ms_p99: PositiveMs | None = Field(None, description="p99 time to first token, ms")
+    itl_ms_p99: PositiveMs | None = Field(None, description="p99 inter-token latency, ms")
+    tpot_ms_p99: PositiveMs | None = Field(None, description="p99 time per output token, ms")
+    e2e_ms_p99: PositiveMs | None = Field(None, description="p99 end-to-end request latency, ms")
+
+    def targets(self) -> dict[str, float]:
+        """The SLOs that are set: metric name (as in serve.json's levels) -> limit."""
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
+class HardwareConfig(Strict):
+    """What the serving machine costs: turns capacity into $ per million output tokens."""
+
+    name: str | None = None
+    price_per_hour: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = Field(
+        None, description="USD per hour for the whole machine the engine runs on")
+    memory_gib: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = Field(
+        None, description="memory the engine may use (GPU memory on a GPU), for the KV-cache headroom")
+    overhead_gib: Annotated[float, Field(ge=0, allow_inf_nan=False)] = Field(
+        0.5, description="runtime, activations and allocator slack kept out of the KV-cache headroom")
+
+
+class ServeConfig(Strict):
+    """How the serve stage starts an engine and loads it."""
+
+    enabled: bool = True
+    engine: Engine = Field("auto", description="auto: the scheme's engine (transformers or llama.cpp) on CPU, "
+                                              "vllm on CUDA")
+    endpoint: str | None = Field(None, description="engine 'endpoint': the base URL of a running server")
+    endpoint_model: str | None = Field(None, description="model name the endpoint serves (default: its first)")
+    vllm_command: str | None = Field(None, description="the `vllm` executable of vLLM's own environment "
+                                                       "(default: $QEVAL_VLLM_COMMAND, else `vllm` on PATH)")
+    prompt_tokens: int = Field(256, ge=1)
+    prompt_tokens_stdev: int = Field(128, ge=0)
+    output_tokens: int = Field(128, ge=1)
+    output_tokens_stdev: int = Field(64, ge=0)
+    levels: list[Annotated[int, Field(ge=1)]] = Field([1, 2, 4, 8, 16], min_length=1,
+                                                      description="concurrent streams; 1 is the synchronous level")
+    requests_per_level: int = Field(32, ge=1)
+    max_seconds_per_level: float = Field(120.0, gt=0)
+    warmup_requests: int = Field(2, ge=0, description="requests sent before the first level, not measured")
+    start_timeout_s: float = Field(300.0, gt=0)
+    port: int | None = Field(None, ge=1, le=65535, description="default: a free port on 127.0.0.1")
+    continuous_batching: bool = Field(True, description="transformers serve --continuous-batching")
+    kv_cache_tokens: int = Field(4096, ge=64, description="KV-cache tokens the CPU engines reserve")
+    threads: int | None = Field(None, ge=1, description="engine threads (default: the CPUs this process may use, less one for the load generator)")
+    saturation_gain: float = Field(0.05, ge=0, description="stop the sweep once output tokens/s rises by less "
+                                                           "than this fraction while p99 latency rises")
+    stop_after_slo_miss: bool = Field(False, description="stop the sweep at the first level that misses a latency "
+                                                         "SLO (more load only adds latency): saves time, "
+                                                         "keeps capacity")
+    context_len: int | None = Field(None, ge=1, description="tokens per sequence for the KV-cache headroom "
+                                                            "(default: prompt + output tokens)")
+
+    @model_validator(mode="after")
+    def _levels_rise(self) -> ServeConfig:
+        if self.levels != sorted(set(self.levels)):
+            raise ValueError(f"serve.levels {self.levels} must rise strictly (e.g. [1, 2, 4, 8])")
+        if self.engine == "endpoint" and not self.endpoint:
+            raise ValueError("serve.engine 'endpoint' needs serve.endpoint: the base URL of the running server")
+        return self
+
+
+def merge_section(*layers: dict[str, Any] | None) -> dict[str, Any]:
+    """Later layers win key by key; None values in a later layer do not erase earlier ones."""
+    out: dict[str, Any] = {}
+    for layer in layers:
+        out.update({k: v for k, v in (layer or {}).items() if v is not None})
+    return out
