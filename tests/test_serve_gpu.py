@@ -10,8 +10,7 @@ import os
 import subprocess
 
 import pytest
-
-from tests.helpers import run_qeval
+from helpers import run_qeval
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]
 
