@@ -16,7 +16,7 @@ import yaml
 
 from evals.results import MemoryResult, SpeedResult
 from pipelines.errors import EXIT_INCOMPLETE
-from pipelines.execution.local import WORKER_OK, run_stages_in_process
+from pipelines.execution.local import WORKER_OK, run_stages_in_process, run_worker
 from pipelines.execution.plan import SweepOptions, plan, write_plan
 from pipelines.recipes import resolve as recipe_resolve
 from pipelines.rundir import scheme_dir
@@ -261,14 +261,17 @@ def test_a_failed_baseline_leaves_every_scheme_not_judged(tree, monkeypatch):
 
 
 @pytest.mark.slow
-def test_served_schemes_get_serving_gates_and_a_ship_frontier(tree):
+def test_served_schemes_get_serving_gates_and_a_ship_frontier(tree, monkeypatch):
+    monkeypatch.setenv("QEVAL_RECIPES_DIR", str(tree / "recipes"))  # for the worker processes
     for scheme in SCHEMES:
         path = scheme_dir(MODEL, scheme).recipe_path
         recipe = yaml.safe_load(path.read_text())
         recipe["hardware"].update(name="test box", price_per_hour=0.1, memory_gib=2)
         recipe["model"]["gates"] = {"min_capacity_rel": 0.5, "max_usd_per_m_rel": 100.0}
         path.write_text(yaml.safe_dump(recipe, sort_keys=False))
-        assert run_stages_in_process(MODEL, scheme, ("serve",), quiet=True) == WORKER_OK
+        # In a worker process, as a sweep runs it: GuideLLM's own worker processes are started from
+        # a clean interpreter, not from this test session's (whose stdio other tests have swapped).
+        assert run_worker(MODEL, scheme, ("serve",), force=False, quiet=True, profile=False) == WORKER_OK
         served = json.loads((scheme_dir(MODEL, scheme).serve_dir / "serve.json").read_text())
         assert served["engine"] == "transformers" and served["levels"][0]["requests_ok"] >= 1
     result = signoff_stage.run(MODEL, SCHEMES)
