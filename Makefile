@@ -50,7 +50,7 @@ SWEEP_FLAGS = --model $(MODEL) \
 	$(if $(filter 1 true yes,$(NO_TRACK)),--no-track) \
 	$(if $(ENDPOINT),--endpoint $(ENDPOINT)) $(if $(HARDWARE),--hardware '$(HARDWARE)')
 
-.PHONY: help setup plan quantize signoff compare sync ui test test-fast lint bench-eval clean gpu-check
+.PHONY: env help setup plan quantize signoff compare sync ui test test-fast lint bench-eval clean gpu-check
 
 help: ## list targets and variables
 	@echo "Targets:"
@@ -137,6 +137,9 @@ ui: ## serve the MLflow UI of the tracking store (MLFLOW_TRACKING_URI, else ./ml
 	  http://*|https://*) echo "MLFLOW_TRACKING_URI=$$uri is a tracking server: open $$uri in a browser";; \
 	  *) exec $(BIN)/mlflow ui --backend-store-uri "$$uri" --host 127.0.0.1 --port $(PORT);; \
 	esac
+
+env: ## this machine: CPU, ISA, probe GFLOP/s per dtype, the compute dtype and threads qeval picks, engines
+	$(QEVAL) env --model $(MODEL) $(if $(filter 1 true yes,$(JSON)),--json)
 
 bench-eval: ## perplexity stage vs a bare batched forward pass on the same tokens
 	$(QEVAL) bench-eval --model $(MODEL)

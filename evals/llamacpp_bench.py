@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from evals.speed import mean_decode_context_len, summarize
+from pipelines.compute import thread_count
 
 # llama.cpp's default KV cache type (f16), 2 bytes per element.
 KV_BYTES = 2
@@ -74,7 +75,7 @@ def measure(bench: Path, gguf: Path, *, batch_sizes, prompt_lens, gen_lens, iter
     """speed.json's fields (without roofline/representative) and memory numbers, from llama-bench."""
     from evals.speed import device_name
 
-    threads = threads or os.cpu_count() or 1
+    threads = threads or thread_count()  # the same count torch gets (pipelines.compute)
     reps = max(iters, 3)
     results, peak, build = [], 0, {}
     for prompt_len in prompt_lens:

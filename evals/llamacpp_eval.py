@@ -18,6 +18,8 @@ import types
 from pathlib import Path
 from typing import Any
 
+from pipelines.compute import thread_count
+
 
 def _import_binding():
     """llama_cpp, loading the shared library of qeval's llama.cpp build (not a copy of its own)."""
@@ -36,7 +38,7 @@ class LlamaCppScorer:
         import torch
 
         llama_cpp = _import_binding()
-        threads = threads or os.cpu_count() or 1
+        threads = threads or thread_count()  # the same count torch gets (pipelines.compute)
         self.llm = llama_cpp.Llama(
             model_path=str(gguf), n_ctx=n_ctx, n_batch=min(n_ctx, 512), n_ubatch=min(n_ctx, 512),
             logits_all=True, n_threads=threads, n_threads_batch=threads, verbose=False,

@@ -11,14 +11,32 @@ mappings inside a typed field: their keys are documented where they are made.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from pipelines.rundir.atomic import write_json_atomic
 
 R = TypeVar("R", bound="ResultFile")
+
+# The compute dtype, its reason, the CPU capability and the threads of the stage that is running
+# (pipelines.recipes.ComputeChoice as a dict): every result file written meanwhile records it, so
+# no number is ever read without the precision and kernels that produced it.
+_COMPUTE: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("qeval_compute", default=None)
+
+
+@contextlib.contextmanager
+def recording_compute(compute: dict[str, Any] | None) -> Iterator[None]:
+    """Stamp every result file written inside the block with ``compute``."""
+    token = _COMPUTE.set(compute)
+    try:
+        yield
+    finally:
+        _COMPUTE.reset(token)
 
 
 class ResultFileError(ValueError):
@@ -30,9 +48,14 @@ class ResultFile:
     """Base: strict dict conversion and atomic JSON reading and writing."""
 
     FILE: ClassVar[str] = ""  # the file name inside its stage folder
+    # What computed it: dtype, reason, device, CPU capability, threads (see recording_compute).
+    compute: dict[str, Any] | None = dataclasses.field(default=None, kw_only=True)
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if data.get("compute") is None:
+            data["compute"] = _COMPUTE.get()
+        return data
 
     @classmethod
     def from_dict(cls: type[R], data: dict[str, Any], where: str = "") -> R:

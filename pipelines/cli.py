@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     sy.add_argument("--model", help="one model (default: all under the runs root)")
 
     sub.add_parser("prepare", help="convert the embedded default model (done by make setup)")
+    en = sub.add_parser("env", help="this machine: CPU, kernels, probe GFLOP/s, the compute dtype qeval picks, engines")
+    en.add_argument("--model", default="smollm2-135m", help="whose shapes to probe and dtype to resolve")
+    en.add_argument("--json", action="store_true", help="one JSON object, for scripts")
 
     be = sub.add_parser("bench-eval", help="perplexity stage vs a bare batched forward pass")
     be.add_argument("--model", default=os.environ.get("MODEL") or "smollm2-135m")
@@ -306,6 +309,13 @@ def cmd_bench_eval(args) -> int:
     return 0
 
 
+def cmd_env(args) -> int:
+    from pipelines.machine import main as env_main
+
+    print(env_main(args.model, args.json))
+    return 0
+
+
 def cmd_worker(args) -> int:
     from pipelines.execution.local import run_stages_in_process
 
@@ -317,7 +327,7 @@ COMMANDS = {
     "run": cmd_run, "quantize": cmd_stage, "evaluate": cmd_stage, "benchmark": cmd_stage, "serve": cmd_stage,
     "signoff": cmd_signoff, "track": cmd_track, "compare": cmd_compare, "sync": cmd_sync,
     "prepare": cmd_prepare, "bench-eval": cmd_bench_eval, "worker": cmd_worker, "plan": cmd_plan,
-    "list": cmd_list,
+    "list": cmd_list, "env": cmd_env,
 }
 
 
@@ -326,6 +336,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(getattr(args, "quiet", False))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(os.cpu_count() or 1))
+    # torch (here and in every worker it starts) and llama.cpp use one documented thread count;
+    # set before torch is imported, which reads it once (pipelines.compute.thread_count).
+    from pipelines.compute import thread_count
+
+    os.environ["OMP_NUM_THREADS"] = str(thread_count())
     from pipelines.stages.common import BAD_INPUT_ERRORS
 
     try:

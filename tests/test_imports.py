@@ -17,6 +17,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # own rank or a lower one. The most specific prefix wins.
 RANKS: dict[str, int] = {
     "pipelines.errors": 0, "pipelines.environment": 0, "pipelines.logconfig": 0,
+    "pipelines.compute": 0, "pipelines.geometry": 0,
     "pipelines.recipes": 1, "pipelines.rundir": 1, "pipelines.llamacpp": 1,
     "evals": 2, "pipelines.quantizers": 2,
     "pipelines.engines": 2,  # serving engines: start, health, stop (the serve stage drives them)
@@ -25,7 +26,7 @@ RANKS: dict[str, int] = {
     "pipelines.tracking": 5,
     "pipelines.execution": 6,
     # Tools the CLI calls beside the sweep: they may use everything below the CLI.
-    "pipelines.bench_eval": 6, "pipelines.catalog": 6,
+    "pipelines.bench_eval": 6, "pipelines.catalog": 6, "pipelines.machine": 6,
     "pipelines.cli": 7, "pipelines.__main__": 7, "pipelines": 7,
 }
 # Libraries that take seconds to import: only inside functions, so `qeval --help`, planning and

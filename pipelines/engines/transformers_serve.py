@@ -30,7 +30,8 @@ def version() -> str:
     return v("transformers")
 
 
-def launch(*, checkpoint: str, port: int, fmt: str, device: str, serve, threads: int, **_) -> EngineLaunch:
+def launch(*, checkpoint: str, port: int, fmt: str, device: str, serve, threads: int, dtype: str | None = None,
+           **_) -> EngineLaunch:
     """The `transformers serve` command for one checkpoint, or UnsupportedHere naming why not."""
     missing = [m for m in ("fastapi", "uvicorn", "openai") if importlib.util.find_spec(m) is None]
     if missing or not _executable().is_file():
@@ -43,7 +44,10 @@ def launch(*, checkpoint: str, port: int, fmt: str, device: str, serve, threads:
     block = 32
     cmd = [str(_executable()), "serve", checkpoint, "--device", device, "--host", "127.0.0.1", "--port", str(port),
            "--log-level", "warning"]
-    settings = {"device": device, "threads": threads, "continuous_batching": serve.continuous_batching}
+    if dtype:  # the sweep's compute dtype; unset, it serves in the checkpoint's (slow bf16 on AVX2)
+        cmd += ["--dtype", dtype]
+    settings = {"device": device, "threads": threads, "dtype": dtype or "auto",
+                "continuous_batching": serve.continuous_batching}
     if serve.continuous_batching:
         # Cap the paged KV cache: by default it sizes itself for a GPU and takes ~10 GB of RAM on CPU.
         blocks = max(1, serve.kv_cache_tokens // block)

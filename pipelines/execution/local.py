@@ -108,10 +108,14 @@ def run_stages_in_process(model: str, scheme: str, stages: tuple[str, ...], *, f
 
 def _run_stages_locked(model: str, scheme: str, stages: tuple[str, ...], *, force: bool, quiet: bool,
                        profile: bool) -> int:
+    from pipelines.compute import apply_threads
     from pipelines.rundir import Manifest
     from pipelines.stages import benchmark, evaluate, quantize, serve
     from pipelines.stages.common import StageContext
 
+    # The thread count the parent planned with (one intra-op pool of QEVAL_THREADS or the
+    # physical cores, one inter-op thread): a worker never oversubscribes the cores.
+    apply_threads()
     functions = {"quantize": quantize.run, "evaluate": evaluate.run, "benchmark": benchmark.run, "serve": serve.run}
     ctx = StageContext.from_run_dir(model, scheme, force=force, show_progress=not quiet, profile=profile)
     for stage in stages:

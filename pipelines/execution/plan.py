@@ -22,8 +22,9 @@ from typing import Any
 from evals.data import DataError, resolve_data_dir, spec
 from pipelines import recipes as cfg
 from pipelines.errors import QevalError, UnsupportedHere
+from pipelines.quantizers.loading import resolve_device
 from pipelines.recipes import user_files
-from pipelines.recipes.models import resolve_model
+from pipelines.recipes.models import resolve_compute, resolve_model
 from pipelines.recipes.reachable import check_model_reachable
 from pipelines.rundir import (
     Manifest,
@@ -127,6 +128,11 @@ def plan(opts: SweepOptions) -> Plan:
     gates.merge_gates(suite.gates, model.gates)
     check_context(model, suite)
     check_data(suite)
+    # One compute dtype for the whole sweep, resolved here and written into every scheme's
+    # recipe: the baseline and the schemes compute alike, and the workers never re-decide it.
+    model = model.model_copy(update={"compute": resolve_compute(model, resolve_device(suite.device))})
+    for warning in model.compute.warnings:
+        log.warning("%s", warning)
     recipes, skipped = {}, {}
     for scheme in schemes:
         recipe = cfg.resolve_recipe(model, scheme, suite)

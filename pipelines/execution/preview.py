@@ -274,7 +274,7 @@ class StageHistory:
 
 def model_params(recipe) -> int | None:
     """Parameter count from the model's config, where it is on this machine (never downloads or converts)."""
-    from pipelines.execution.ray import estimate_params
+    from pipelines.geometry import estimate_params
     from pipelines.recipes import embedded
     from pipelines.recipes.reachable import EMBEDDED_PREFIX, cached_config, is_local_source
 

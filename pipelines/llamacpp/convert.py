@@ -25,6 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from pipelines.compute import thread_count
 from pipelines.errors import QevalError
 from pipelines.llamacpp.tools import build_dir_name, cache_root, source_tree, tool_path
 from pipelines.recipes import embedded
@@ -98,7 +99,7 @@ def f16_gguf(source: str, threads: int | None = None) -> Path:
     try:
         if is_embedded(source):
             argv = [str(tool_path("llama-quantize")), "--allow-requantize", str(embedded_gguf()),
-                    str(staging), "F16", str(threads or os.cpu_count() or 1)]
+                    str(staging), "F16", str(threads or thread_count())]
             (out_dir / "convert.log").write_text(run_tool(argv, "llama-quantize to F16"))
         else:
             tree = source_tree()

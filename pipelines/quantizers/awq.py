@@ -28,6 +28,9 @@ class AWQQuantizer(Quantizer):
     format = "awq-gemm"
     calibrates = True
     folds_input_scales = True
+    # gptqmodel 7.6's AwqTorchLinear raises NotImplementedError for float32 when it packs or loads.
+    compute_dtypes = ("bfloat16", "float16")
+    compute_dtypes_reason = "gptqmodel's AWQ torch kernel (AwqTorchLinear) supports only float16 and bfloat16"
 
     def parse_params(self, raw, where):
         if "bits" in raw and raw["bits"] != 4:

@@ -33,7 +33,7 @@ class QuantizeRequest:
 
     source: str  # local directory or Hub id of the base model
     revision: str | None
-    dtype: str  # recipe dtype of the base model
+    dtype: str  # the sweep's compute dtype: what the quantizer loads and computes in
     device: str  # "cpu" or "cuda"
     params: Any  # the quantizer's validated Params
     ignore: list[str]  # exact module names to keep in high precision
@@ -41,6 +41,7 @@ class QuantizeRequest:
     out_dir: Path  # save the checkpoint (and tokenizer) here
     n_gpus: int = 1
     trust_remote_code: bool = False  # the model recipe's field; every from_pretrained of the model reads it
+    storage_dtype: str | None = None  # the checkpoint's own precision; the baseline is saved in it
 
 
 @dataclass
@@ -91,6 +92,10 @@ class Quantizer:
     install_hint: ClassVar[str] = "pip install -e ."
     # The checkpoint's config carries its compute dtype (bitsandbytes, torchao): load forces none.
     loads_in_saved_dtype: ClassVar[bool] = False
+    # The compute dtypes the library's kernels accept (None: any). Where the sweep's is not one of
+    # them, the scheme computes in the storage dtype (else the first listed) and records why.
+    compute_dtypes: ClassVar[tuple[str, ...] | None] = None
+    compute_dtypes_reason: ClassVar[str] = ""
 
     def emulated_on(self, device: str, checkpoint_format: str | None = None) -> bool:
         """True where ``device`` runs a dequantized stand-in of the scheme's real kernel.

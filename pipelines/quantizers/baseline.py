@@ -19,7 +19,8 @@ class BaselineQuantizer(Quantizer):
     def quantize(self, request: QuantizeRequest) -> QuantizeOutcome:
         from pipelines.quantizers.loading import SOURCE_LOAD, load_dense
 
-        model = load_dense(request.source, request.dtype, "cpu", revision=request.revision,
+        # Saved in the storage precision (the reference); the stages load it in the compute dtype.
+        model = load_dense(request.source, request.storage_dtype or request.dtype, "cpu", revision=request.revision,
                            trust_remote_code=request.trust_remote_code, stage=SOURCE_LOAD)
         model.save_pretrained(request.out_dir)
         save_tokenizer(request)

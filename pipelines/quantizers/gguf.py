@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import ClassVar, Literal
 
+from pipelines.compute import thread_count
 from pipelines.errors import UnsupportedHere
 from pipelines.quantizers.base import Params, QuantizeOutcome, Quantizer, QuantizeRequest
 
@@ -82,7 +83,7 @@ class GGUFQuantizer(Quantizer):
         from pipelines.quantizers.gguf_tensors import tensor_report
 
         p: GGUFParams = request.params
-        threads = os.cpu_count() or 1
+        threads = thread_count()  # the same count torch gets (pipelines.compute)
         started = time.perf_counter()
         f16 = f16_gguf(request.source, threads)
         convert_s = time.perf_counter() - started

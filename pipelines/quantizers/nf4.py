@@ -10,7 +10,8 @@ from pipelines.quantizers.base import Params, QuantizeRequest
 
 class NF4Params(Params):
     double_quant: bool = True
-    compute_dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+    # auto: the sweep's compute dtype (pipelines.compute), like every other scheme
+    compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
 
 
 class NF4Quantizer(BitsAndBytesQuantizer):
@@ -27,6 +28,6 @@ class NF4Quantizer(BitsAndBytesQuantizer):
         p: NF4Params = request.params
         return BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=p.double_quant,
-            bnb_4bit_compute_dtype=torch_dtype(p.compute_dtype),
+            bnb_4bit_compute_dtype=torch_dtype(request.dtype if p.compute_dtype == "auto" else p.compute_dtype),
             llm_int8_skip_modules=list(request.ignore) or None,
         )

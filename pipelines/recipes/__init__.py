@@ -21,6 +21,7 @@ from pipelines.recipes.schema import (  # noqa: F401
     BenchmarkConfig,
     CalibrationConfig,
     CalibrationOverride,
+    ComputeChoice,
     DType,
     ModelRecipe,
     PerplexityConfig,

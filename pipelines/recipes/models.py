@@ -12,7 +12,8 @@ from pipelines.errors import QevalError
 from pipelines.recipes import embedded as default_model
 from pipelines.recipes import user_files
 from pipelines.recipes.resolve import available, load_recipe, unknown_name_message, validate
-from pipelines.recipes.schema import ModelRecipe
+from pipelines.recipes.schema import ComputeChoice, ModelRecipe
+from pipelines.rundir.paths import safe_name
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,8 @@ def resolve_model(name: str) -> ModelRecipe:
 
 
 def _safe_name(name: str) -> str:
-    return re.sub(r"[^\w.-]+", "-", name)
+    """A run-directory name for a Hub id or a checkpoint folder: safe by construction (see paths.SAFE_NAME)."""
+    return safe_name(name)
 
 
 def _config_dtype(path: Path) -> str:
@@ -78,3 +80,26 @@ DEFAULT_PPL_SEQ_LEN = 2048
 def perplexity_seq_len(configured: int | None, context: int) -> int:
     """The window length: as configured (checked against the context at planning), else 2048 capped."""
     return configured if configured is not None else min(DEFAULT_PPL_SEQ_LEN, context)
+
+
+def resolve_compute(recipe: ModelRecipe, device: str) -> ComputeChoice:
+    """The compute dtype this model's stages run in on ``device`` (pipelines.compute), with its reason.
+
+    Reads the model's config for the probe's shapes and the float32 memory check; a config
+    that cannot be read (a Hub model offline) probes generic shapes and skips the memory check.
+    """
+    from pipelines import compute
+    from pipelines.geometry import estimate_params
+
+    config = n_params = None
+    if recipe.compute_dtype == "auto" and device != "cuda" and recipe.dtype != "float32":
+        try:
+            from transformers import AutoConfig
+
+            config = AutoConfig.from_pretrained(source_path(recipe), revision=recipe.revision,
+                                                trust_remote_code=recipe.trust_remote_code)
+            n_params = estimate_params(config)
+        except Exception as exc:  # unreadable here: the probe falls back to generic shapes
+            log.info("compute dtype: %s's config is not readable (%s); probing generic shapes", recipe.name, exc)
+    decision = compute.resolve(recipe.compute_dtype, recipe.dtype, device, config=config, n_params=n_params)
+    return ComputeChoice(**decision.to_dict())

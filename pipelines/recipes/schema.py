@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pipelines.recipes.serving import HardwareConfig, ServeConfig, SloConfig
+from pipelines.rundir.paths import name_problem, safe_name
 
 DType = Literal["float32", "bfloat16", "float16"]
 # Every value a stage would reject is rejected here, when the recipe is validated at plan
@@ -34,6 +35,15 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=False)
 
 
+def _check_recipe_name(name: str) -> str:
+    """A model, scheme or suite name names a folder under the runs root: a safe name only (issue 28.2)."""
+    problem = name_problem(name)
+    if problem:
+        raise ValueError(f"{problem}. It names a folder under the runs directory: set `name:` to a safe one, "
+                         f"e.g. {safe_name(str(name), 'my-recipe')!r}")
+    return name
+
+
 class Resources(Strict):
     """What one stage task of this model asks a Ray cluster for (None: derived from the model's size)."""
 
@@ -44,13 +54,36 @@ class Resources(Strict):
     memory_gib: float | None = Field(None, gt=0, description="default: estimated from the parameter count")
 
 
+class ComputeChoice(Strict):
+    """The compute dtype a sweep resolved (pipelines.compute), recorded in every recipe it writes."""
+
+    dtype: DType
+    requested: Literal["auto", "float32", "bfloat16", "float16"]
+    storage_dtype: DType
+    reason: str
+    device: str
+    threads: int
+    cpu_model: str | None = None
+    cpu_capability: str | None = None
+    native_bf16: bool | None = None
+    native_fp16: bool | None = None
+    gpu_name: str | None = None
+    probe_gflops: dict[str, dict[str, float]] | None = None
+    warnings: list[str] = []
+
+
 class ModelRecipe(Strict):
     """Where a model comes from and how it is loaded."""
 
     name: str
+    _safe_name = field_validator("name")(_check_recipe_name)
     source: str = Field(description="Hub id, local directory, or 'embedded:smollm2-135m'")
     revision: str | None = None
-    dtype: DType = "bfloat16"
+    dtype: DType = Field("bfloat16", description="the checkpoint's storage precision: the reference")
+    compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="what the stages compute in; auto: chosen from the hardware (pipelines/compute.py)")
+    compute: ComputeChoice | None = Field(
+        None, description="filled at plan time: the resolved compute dtype and why (not for recipe files)")
     max_context: int | None = Field(None, gt=0, description="cap on sequence length; default from the config")
     default_suite: str = "standard"
     n_gpus: int = Field(1, ge=0, description="GPUs one stage needs (device_map='auto' across them)")
@@ -90,6 +123,7 @@ class SchemeRecipe(Strict):
     """One scheme variant: a registered quantizer and its parameters."""
 
     name: str
+    _safe_name = field_validator("name")(_check_recipe_name)
     quantizer: str
     description: str = ""
     params: dict[str, Any] = {}
@@ -163,6 +197,7 @@ class SuiteRecipe(Strict):
     """What a sweep runs and how it is judged."""
 
     name: str
+    _safe_name = field_validator("name")(_check_recipe_name)
     description: str = ""
     schemes: list[str]
     calibration: CalibrationOverride = CalibrationOverride()
@@ -194,6 +229,15 @@ class ResolvedRecipe(Strict):
     hardware: HardwareConfig = HardwareConfig()  # suite < model < command line
     data_dir: str | None
     device: Literal["auto", "cpu", "cuda"]
+
+    @property
+    def compute_dtype(self) -> str:
+        """The dtype the stages load models in: the sweep's resolved choice (see ComputeChoice)."""
+        if self.model.compute is not None:
+            return self.model.compute.dtype
+        if self.model.compute_dtype != "auto":
+            return self.model.compute_dtype
+        raise RuntimeError("the compute dtype was not resolved: plan the sweep (execution.plan) first")
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

@@ -164,6 +164,7 @@ def render_html(
 def _header_items(signoff: Mapping[str, Any], context: Mapping[str, Any]) -> list[tuple[str, str]]:
     items = [
         ("Suite", context.get("suite")),
+        ("Compute", _compute_text(context.get("compute"))),
         ("Baseline", signoff.get("baseline")),
         ("qeval commit", context.get("git_commit")),
         ("Generated", context.get("generated_at")),
@@ -172,6 +173,16 @@ def _header_items(signoff: Mapping[str, Any], context: Mapping[str, Any]) -> lis
         ("Exit code precedence", signoff.get("exit_code_precedence")),
     ]
     return [(label, str(value)) for label, value in items if value is not None]
+
+
+def _compute_text(compute: Mapping[str, Any] | None) -> str | None:
+    """The compute dtype, where, and why: every number in the report was computed so."""
+    if not compute:
+        return None
+    where = compute.get("cpu_capability") or compute.get("gpu_name") or ""
+    return (f"{compute.get('dtype')} on {compute.get('device')} ({compute.get('cpu_model') or where}, "
+            f"{where}, {compute.get('threads')} threads; stored as {compute.get('storage_dtype')}): "
+            f"{compute.get('reason')}")
 
 
 def _verdict_rows(signoff: Mapping[str, Any]) -> list[list[str]]:

@@ -41,7 +41,7 @@ def _benchmark(ctx: StageContext) -> tuple[list[Path], dict]:
         return benchmark_engine(ctx, quantizer)
     reset_peak_memory(device)
     loading.count_load("benchmark")
-    model = quantizer.load(ctx.checkpoint(), device, recipe.model.dtype, recipe.model.n_gpus,
+    model = quantizer.load(ctx.checkpoint(), device, ctx.compute_dtype, recipe.model.n_gpus,
                            trust_remote_code=recipe.model.trust_remote_code)
     checkpoint = Path(ctx.checkpoint())
     tokenizer = loading.load_tokenizer(ctx.base_source, recipe.model.revision,
@@ -57,7 +57,7 @@ def _benchmark(ctx: StageContext) -> tuple[list[Path], dict]:
     representative, reason = judge_representative(ran, expects_quantized=not quantizer.is_reference)
     if reason:
         log.warning("%s/%s: costs not representative: %s", ctx.model, ctx.scheme, reason)
-    memory = measure_memory(model, checkpoint if checkpoint.is_dir() else None, getattr(torch, recipe.model.dtype))
+    memory = measure_memory(model, checkpoint if checkpoint.is_dir() else None, getattr(torch, ctx.compute_dtype))
     bandwidth = cached_bandwidth(device, runs_root() / ".cache" / "bandwidth.json")
     bs1 = [r for r in speed["results"] if r["batch_size"] == 1 and r["status"] == "ok"]
     roof = None

@@ -15,6 +15,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from evals.results import recording_compute
 from pipelines.environment import library_versions
 from pipelines.errors import QevalError, UnsupportedHere
 from pipelines.quantizers import loading
@@ -66,9 +67,44 @@ class StageContext:
             )
         return cls(model, scheme, ResolvedRecipe.from_yaml(sdir.recipe_path), sdir, **kwargs)
 
+    def __post_init__(self) -> None:
+        # A recipe that was not planned by a sweep (a test, an old run directory) resolves its
+        # compute dtype here, the same way the plan does.
+        if self.recipe.model.compute is None:
+            self.recipe.model.compute = models.resolve_compute(self.recipe.model, self.device)
+
     @property
     def device(self) -> str:
         return loading.resolve_device(self.recipe.device)
+
+    @property
+    def compute_dtype(self) -> str:
+        """The dtype every model of this scheme is loaded and computed in: the sweep's
+        (pipelines.compute), unless the scheme's library accepts only others."""
+        return self._compute_override()[0] or self.recipe.compute_dtype
+
+    def _compute_override(self) -> tuple[str | None, str | None]:
+        from pipelines.quantizers import REGISTRY, get_quantizer
+
+        if self.recipe.scheme.quantizer not in REGISTRY:
+            return None, None
+        quantizer = get_quantizer(self.recipe.scheme.quantizer)
+        allowed, dtype = quantizer.compute_dtypes, self.recipe.compute_dtype
+        if not allowed or dtype in allowed:
+            return None, None
+        storage = self.recipe.model.dtype
+        return (storage if storage in allowed else allowed[0]), quantizer.compute_dtypes_reason
+
+    def compute_record(self) -> dict[str, Any]:
+        """What the result files and the manifest record about the computation: the resolved
+        dtype and why, the device, the CPU and its capability, and this process's torch threads."""
+        choice = self.recipe.model.compute
+        record = choice.model_dump(exclude={"probe_gflops", "warnings"}) if choice is not None else {}
+        forced, why = self._compute_override()
+        if forced:
+            record.update(dtype=forced, sweep_dtype=self.recipe.compute_dtype,
+                          reason=f"{why}: computed in {forced}, the sweep in {self.recipe.compute_dtype}")
+        return {**record, "threads": torch_threads()}
 
     @property
     def base_source(self) -> str:
@@ -107,8 +143,10 @@ def run_stage(ctx: StageContext, name: str, key: str, body: Callable[[], tuple[l
     log.info("%s/%s: %s started (key %s, pid %d)", ctx.model, ctx.scheme, name, key, os.getpid())
     loads_before = dict(loading.LOAD_COUNTS)
     start = time.perf_counter()
+    compute = ctx.compute_record()
     try:
-        outputs, extra = body()
+        with recording_compute(compute):
+            outputs, extra = body()
     except UnsupportedHere as exc:
         log.warning("%s/%s: %s skipped: %s", ctx.model, ctx.scheme, name, exc)
         manifest.fail(name, str(exc), status="skipped")
@@ -124,5 +162,5 @@ def run_stage(ctx: StageContext, name: str, key: str, body: Callable[[], tuple[l
     # versions: `qeval plan` tells "library upgraded" apart; torch_threads: the sign-off checks the
     # key this stage had in the process that ran it (a Ray task may run with fewer threads).
     manifest.finish(name, outputs, time.perf_counter() - start, model_loads=loads,
-                    **{"versions": library_versions(), "torch_threads": torch_threads(), **extra})
+                    **{"versions": library_versions(), "torch_threads": torch_threads(), "compute": compute, **extra})
     return "done"

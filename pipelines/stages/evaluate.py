@@ -43,7 +43,7 @@ def _evaluate(ctx: StageContext) -> tuple[list[Path], dict]:
             add_gguf_f16_floor(ctx, fidelity)
     loading.count_load("evaluate")
     if quantizer.engine == "transformers":
-        model = quantizer.load(ctx.checkpoint(), device, recipe.model.dtype, recipe.model.n_gpus,
+        model = quantizer.load(ctx.checkpoint(), device, ctx.compute_dtype, recipe.model.n_gpus,
                                trust_remote_code=recipe.model.trust_remote_code)
     else:  # llama.cpp: a scorer on the GGUF; perplexity and tasks take it as they take a model
         from pipelines.stages.engine import open_for_eval

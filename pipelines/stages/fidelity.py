@@ -6,11 +6,15 @@ Whichever evaluation needs one first makes it, under a file lock, so schemes can
 evaluated in any order and by any executor:
 
 * the baseline scheme records it during its own perplexity pass (no extra pass);
-* any other scheme loads the base model in the recipe dtype, records it, frees it, and only
+* any other scheme loads the base model in the compute dtype, records it, frees it, and only
   then loads its own checkpoint.
 
-The noise floor (the baseline against itself in another dtype: float32, or bfloat16 when the
-recipe dtype is float32) is measured by the same evaluation, once, and stored beside it.
+The noise floor is the same weights in the two precisions a user would serve: float32 and
+bfloat16, one of which is the compute dtype. It is measured by the same evaluation, once, and
+stored beside the reference. Where the other precision is bfloat16 on a CPU that has no native
+bf16 (torch's fallback there is ~30x slower than float32), the floor model keeps float32
+arithmetic with its weights rounded to bfloat16: the weight rounding a bf16 deployment applies,
+without the activation rounding, and its ``comparison`` says so.
 :func:`floor_figures` takes any scorer, so another engine's reference point (a GGUF f16 file
 under llama.cpp) can be measured the same way and recorded beside it.
 """
@@ -46,6 +50,26 @@ REFERENCE_LOCK_TIMEOUT_S = 6 * 3600
 def floor_dtype(dtype: str) -> str:
     """The other dtype the baseline is compared with to measure the noise floor."""
     return "bfloat16" if dtype == "float32" else "float32"
+
+
+def floor_precision(compute_dtype: str, device: str, native_bf16: bool | None) -> tuple[str, str | None, str]:
+    """How the floor's model runs: (load dtype, dtype its weights are rounded to or None, label)."""
+    other = floor_dtype(compute_dtype)
+    if other == "bfloat16" and device == "cpu" and not native_bf16:
+        return ("float32", "bfloat16",
+                "baseline with bfloat16-rounded weights, computed in float32 (bfloat16 is not native on this CPU)")
+    return other, None, f"baseline in {other}"
+
+
+def round_weights(model, dtype_name: str) -> None:
+    """Round every floating-point parameter to ``dtype_name`` and back, in place."""
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.is_floating_point():
+                param.copy_(param.to(dtype).to(param.dtype))
 
 
 def floor_figures(scorer, tokenizer, reference: Reference, ppl_kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -126,7 +150,7 @@ class FidelityRun:
     def _store(self, dataset: str, reference: Reference | None) -> None:
         if reference is None:
             raise RuntimeError(f"no window of {dataset} was scored; nothing to store as the fidelity reference")
-        reference.meta.update(dataset=dataset, dtype=self.ctx.recipe.model.dtype, device=self.ctx.device,
+        reference.meta.update(dataset=dataset, dtype=self.ctx.compute_dtype, device=self.ctx.device,
                               key=self.keys[dataset], targets_sha256=reference.targets_sha256())
         write_bytes_atomic(self._path(dataset, "pt"), reference.to_bytes())
         self.references[dataset] = reference
@@ -140,7 +164,7 @@ class FidelityRun:
 
     def _record_from_base(self, datasets: list[str]) -> None:
         start = time.perf_counter()
-        model = self._load_base(self.ctx.recipe.model.dtype)
+        model = self._load_base(self.ctx.compute_dtype)
         for d in datasets:
             recorder = ReferenceRecorder(self.cfg.top_k)
             compute_perplexity(model, self.tokenizer, observer=recorder, show_progress=False, **self.ppl_kwargs(d))
@@ -153,11 +177,15 @@ class FidelityRun:
         if not self.cfg.noise_floor or not todo:
             return
         start = time.perf_counter()
-        dtype = floor_dtype(self.ctx.recipe.model.dtype)
+        choice = self.ctx.recipe.model.compute
+        dtype, rounded_to, label = floor_precision(self.ctx.compute_dtype, self.ctx.device,
+                                                   choice.native_bf16 if choice else None)
         model = self._load_base(dtype)
+        if rounded_to:
+            round_weights(model, rounded_to)
         for d in todo:
             figures = floor_figures(model, self.tokenizer, self._reference(d), self.ppl_kwargs(d))
-            figures["comparison"] = f"baseline in {dtype} against the baseline in {self.ctx.recipe.model.dtype}"
+            figures["comparison"] = f"{label} against the baseline in {self.ctx.compute_dtype}"
             write_json_atomic(self._path(d, "floor.json"), figures)
         del model
         self.timing["noise_floor_s"] = time.perf_counter() - start
@@ -174,7 +202,7 @@ class FidelityRun:
             if path.is_file():
                 continue
             figures = floor_figures(scorer, self.tokenizer, self._reference(d), self.ppl_kwargs(d))
-            figures["comparison"] = f"{label} against the baseline in {self.ctx.recipe.model.dtype}"
+            figures["comparison"] = f"{label} against the baseline in {self.ctx.compute_dtype}"
             write_json_atomic(path, figures)
             self.extra_floors.add(label)
 
@@ -199,7 +227,8 @@ class FidelityRun:
                      for d in self.datasets}
         k = self._reference(self.datasets[0]).k
         reference = {
-            "top_k": k, "dtype": self.ctx.recipe.model.dtype, "device": self.ctx.device,
+            "top_k": k, "dtype": self.ctx.compute_dtype, "storage_dtype": self.ctx.recipe.model.dtype,
+            "device": self.ctx.device,
             "keys": self.keys, "seconds": self.timing,
             "bytes": {d: self._reference(d).nbytes() for d in self.datasets},
             "n_tokens": {d: self._reference(d).n_tokens() for d in self.datasets},

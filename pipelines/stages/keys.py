@@ -185,6 +185,14 @@ def _reads_calibration_data(quantizer) -> bool:
 # ----------------------------------------------------------------------------- the keys
 
 
+def compute_identity(ctx: StageContext) -> dict[str, Any]:
+    """What of the compute choice changes numbers: the dtype, and the CPU kernels' ISA (the same
+    dtype rounds differently on AVX2 and AVX-512 paths). The reason and the probe do not."""
+    choice = ctx.recipe.model.compute
+    return {"dtype": ctx.compute_dtype, "cpu_capability": choice.cpu_capability if choice else None,
+            "native_bf16": choice.native_bf16 if choice else None}  # decides how the noise floor runs
+
+
 def quantize_key(ctx: StageContext, threads: int | None = None) -> str:
     from pipelines.quantizers import get_quantizer
 
@@ -201,6 +209,7 @@ def quantize_key(ctx: StageContext, threads: int | None = None) -> str:
     return stable_hash({
         **engine,
         "model": {"source": m.source, "revision": m.revision, "dtype": m.dtype, "n_gpus": m.n_gpus},
+        "compute": compute_identity(ctx),
         "scheme": {"quantizer": s.quantizer, "params": s.params, "ignore": s.ignore, "source": s.source},
         "calibration": calibration,
         "device": ctx.device,
@@ -269,6 +278,7 @@ def reference_key(ctx: StageContext, dataset: str) -> str:
     return stable_hash({
         "weights": checkpoint_digest(ctx.base_source, r.model.revision),
         "dtype": r.model.dtype,
+        "compute": compute_identity(ctx),
         "max_context": r.model.max_context,
         "data": data_digest({dataset}, r.data_dir),
         "dataset": dataset,

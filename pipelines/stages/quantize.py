@@ -114,9 +114,9 @@ def _quantize(ctx: StageContext, quantizer: Quantizer, params, ignored: list[str
     tokenizer = loading.load_tokenizer(ctx.base_source, recipe.model.revision, trust_remote_code=trust)
     calib = calibration_set(ctx, tokenizer) if quantizer.calibrates else None
     request = QuantizeRequest(
-        source=source, revision=recipe.model.revision, dtype=recipe.model.dtype, device=device, params=params,
+        source=source, revision=recipe.model.revision, dtype=ctx.compute_dtype, device=device, params=params,
         ignore=ignored, calibration=calib, out_dir=ctx.sdir.checkpoint_dir, n_gpus=recipe.model.n_gpus,
-        trust_remote_code=trust,
+        trust_remote_code=trust, storage_dtype=recipe.model.dtype,
     )
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -142,10 +142,10 @@ def _quantize(ctx: StageContext, quantizer: Quantizer, params, ignored: list[str
     if quantizer.measures_layer_errors:
         seq_len = min(LAYER_ERROR_SEQ_LEN, recipe.model.max_context or LAYER_ERROR_SEQ_LEN)
         heldout = layer_error_windows(tokenizer, data_dir=resolve_data_dir(recipe.data_dir), seq_len=seq_len)
-        base = loading.load_dense(ctx.base_source, recipe.model.dtype, device, revision=recipe.model.revision,
+        base = loading.load_dense(ctx.base_source, ctx.compute_dtype, device, revision=recipe.model.revision,
                                  n_gpus=recipe.model.n_gpus, trust_remote_code=trust, stage=loading.REFERENCE_LOAD)
         loading.count_load("quantize")
-        quant = quantizer.load(checkpoint, device, recipe.model.dtype, recipe.model.n_gpus, trust_remote_code=trust)
+        quant = quantizer.load(checkpoint, device, ctx.compute_dtype, recipe.model.n_gpus, trust_remote_code=trust)
         errors = layer_errors.measure_layer_errors(
             base, quant, heldout.windows, ignored=set(ignored), max_rows=sum(map(len, heldout.windows)),
             backend_losses=outcome.backend_losses, folds_input_scales=quantizer.folds_input_scales)
@@ -171,7 +171,7 @@ def _quantize(ctx: StageContext, quantizer: Quantizer, params, ignored: list[str
         device=device,
         # GPTQ's result depends on torch's thread count (reductions are split per thread).
         torch_threads=torch.get_num_threads(),
-        dtype=recipe.model.dtype,
+        dtype=ctx.compute_dtype,
         duration_s=round(duration_s, 3),
         peak_rss_bytes=rss.peak_bytes,
         cuda_peak_allocated_bytes=torch.cuda.max_memory_allocated() if device == "cuda" else None,

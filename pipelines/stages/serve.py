@@ -39,8 +39,11 @@ def engine_launch(ctx: StageContext, port: int) -> EngineLaunch:
         raise UnsupportedHere("the suite turns the serve stage off (serve.enabled: false)")
     quantizer = get_quantizer(ctx.recipe.scheme.quantizer)
     engine = choose_engine(serve.engine, quantizer.engine, ctx.device)
+    # The compute dtype, where the engine's loader takes one (a bitsandbytes or torchao checkpoint
+    # carries its own): served numbers are then those of the precision the stages measured.
+    dtype = None if quantizer.loads_in_saved_dtype else ctx.compute_dtype
     return launch(engine, checkpoint=ctx.checkpoint(), port=port, fmt=quantizer.format, device=ctx.device,
-                  serve=serve, threads=serve.threads or cpu_threads())
+                  serve=serve, threads=serve.threads or cpu_threads(), dtype=dtype)
 
 
 def _serve(ctx: StageContext) -> tuple[list[Path], dict]:
@@ -128,7 +131,7 @@ def _cost(ctx: StageContext, cap: dict[str, Any]) -> dict[str, Any]:
                                         trust_remote_code=model.trust_remote_code)
     context_len = serve.context_len or serve.prompt_tokens + serve.output_tokens
     headroom = kv_headroom(hw.memory_gib, _weights_bytes(ctx.checkpoint()), hw.overhead_gib,
-                           kv_bytes_per_token(config, model.dtype), context_len)
+                           kv_bytes_per_token(config, ctx.compute_dtype), context_len)
     return {"hardware": hw.model_dump(), "usd_per_m_output_tokens":
             usd_per_million_tokens(hw.price_per_hour, cap["output_tokens_per_s_at_capacity"]), **headroom}
 

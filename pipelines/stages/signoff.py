@@ -116,10 +116,33 @@ def caveats(model: str, judged: list[str], recipe: ResolvedRecipe) -> list[str]:
         out.append(f"{', '.join(schemes)}: evaluated, benchmarked and served by {engine}, the baseline by "
                    "transformers: every comparison with the baseline crosses engines. The noise floor "
                    "'gguf-f16' (fidelity) and the gguf-f16 scheme show how much of a difference is the engine alone.")
+    out += compute_caveats(model, judged, recipe)
     if recipe.tasks.limit:
         out.append(f"Tasks ran with a limit ({recipe.tasks.limit}): accuracy intervals are wide.")
     if recipe.perplexity.max_windows:
         out.append(f"Perplexity scored only the first {recipe.perplexity.max_windows} windows.")
+    return out
+
+
+def compute_caveats(model: str, judged: list[str], recipe: ResolvedRecipe) -> list[str]:
+    """The schemes whose results were computed in another precision than the sweep's, and why;
+    and the compute choice's own warnings (a slow dtype kept because float32 would not fit)."""
+    choice = recipe.model.compute
+    if choice is None:
+        return []
+    out = list(choice.warnings)
+    for scheme in [BASELINE, *judged]:
+        done = QuantizeResult.read_if_present(scheme_dir(model, scheme).quantize_json)
+        if done is None:
+            continue
+        computed = (done.compute or {}).get("dtype", done.dtype)
+        if done.engine:
+            out.append(f"{scheme}: computed by {done.engine.get('engine', 'another engine')} in its own types "
+                       f"(weights {done.format}), not in {choice.dtype}.")
+        elif computed != choice.dtype:
+            why = (done.compute or {}).get("reason") if (done.compute or {}).get("sweep_dtype") else None
+            out.append(f"{scheme}: computed in {computed}, the sweep in {choice.dtype} "
+                       f"({why or 'a result from another compute choice'}).")
     return out
 
 
@@ -155,6 +178,7 @@ def write_report(model: str, result: dict, recipe: ResolvedRecipe, judged: list[
         "protocols": protocols(model, recipe) if baseline_judged else {},
         "library_versions": library_versions(),
         "hardware": hardware(),
+        "compute": recipe.model.compute.model_dump(exclude={"warnings"}) if recipe.model.compute else None,
         "caveats": caveats(model, judged, recipe) if baseline_judged else [],
     }
     result["caveats"] = context["caveats"]

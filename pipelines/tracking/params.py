@@ -26,7 +26,7 @@ KIND_TAG = "qeval.kind"
 # metrics (duration, sizes, peaks), or paths and lists that belong in the artifact.
 QUANT_NOT_PARAMS = frozenset({
     "params", "calibration", "duration_s", "peak_rss_bytes", "cuda_peak_allocated_bytes", "checkpoint",
-    "disk_bytes", "baseline_disk_bytes", "compression_ratio", "notes", "worst_layers",
+    "disk_bytes", "baseline_disk_bytes", "compression_ratio", "notes", "worst_layers", "compute",
 })
 # Fields of speed.json that are not params: the settings (logged under bench.settings) and the measurements.
 BENCH_NOT_PARAMS = frozenset({"settings", "results", "roofline"})
@@ -95,6 +95,9 @@ def scheme_params(sdir: SchemeDir, files: SchemeFiles) -> dict[str, str]:
         params.update(flatten(described, "quant"))
         params.update(flatten(quantize.params, "quant.params"))
         params.update(flatten(quantize.calibration or {}, "calibration"))
+        # The compute dtype, its reason, the CPU capability and threads: a bf16 and an fp32 run
+        # are told apart in MLflow's compare view (compute.dtype).
+        params.update(flatten(quantize.compute or {}, "compute"))
     if files.perplexity is not None:
         for dataset, result in files.perplexity.datasets.items():
             protocol = {k: getattr(result, k) for k in PPL_PROTOCOL_FIELDS}

@@ -32,7 +32,12 @@ def run(request: QuantizeRequest, config, backend_name: str, fmt: str) -> Quanti
     from pipelines.quantizers.loading import SOURCE_LOAD, count_load
 
     count_load(SOURCE_LOAD)
-    model = GPTQModel.load(request.source, config, device=request.device, trust_remote_code=request.trust_remote_code)
+    from pipelines.quantizers.loading import torch_dtype
+
+    # gptqmodel picks bfloat16 on every CPU unless told: on one without native bf16 that is a
+    # slow fallback path (minutes for GPTQ on 2 cores), so it computes in the sweep's dtype.
+    model = GPTQModel.load(request.source, config, device=request.device, trust_remote_code=request.trust_remote_code,
+                           dtype=torch_dtype(request.dtype))
     log_rows = model.quantize(request.calibration.as_gptqmodel(), batch_size=1, backend=backend)
     model.save(str(request.out_dir))
     losses = {}
