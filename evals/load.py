@@ -5,6 +5,11 @@ the model's own tokenizer (a local checkpoint directory: nothing is fetched), se
 fixed number of concurrent streams and reports per-request timings. qeval runs one GuideLLM
 benchmark per level, in this process, so that it can stop the sweep as soon as the server is
 over-saturated (GuideLLM's own `over_saturation` constraint stops a level, not the sweep).
+
+Loopback traffic never goes through a proxy (issue 28, item 14): before GuideLLM starts, this
+process's NO_PROXY/no_proxy gain 127.0.0.1, localhost and ::1 (GuideLLM's httpx client, and the
+worker process it forks, read them), and the warm-up requests to a loopback server use a
+session that ignores HTTP(S)_PROXY. A remote ``--endpoint`` still goes through the user's proxy.
 """
 
 from __future__ import annotations
@@ -14,10 +19,13 @@ import io
 import json
 import logging
 import math
+import os
 import time
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 log = logging.getLogger(__name__)
 
@@ -85,12 +93,45 @@ def guidellm_args(spec: LoadSpec, streams: int, out_json: Path) -> list[str]:
 GUIDELLM_ENV = {"GUIDELLM__MAX_WORKER_PROCESSES": "1", "GUIDELLM__MP_CONTEXT_TYPE": "forkserver"}
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def bypass_proxy_for_loopback(environ: MutableMapping[str, str] | None = None) -> str:
+    """Add the loopback hosts to NO_PROXY and no_proxy (both set, to the same list, the user's entries
+    kept first), so that no HTTP client sends 127.0.0.1 traffic to HTTP(S)_PROXY; return the value."""
+    environ = os.environ if environ is None else environ
+    entries: list[str] = []
+    for key in ("NO_PROXY", "no_proxy"):
+        for item in (environ.get(key) or "").split(","):
+            if item.strip() and item.strip() not in entries:
+                entries.append(item.strip())
+    entries += [host for host in LOOPBACK_HOSTS if host not in entries]
+    value = ",".join(entries)
+    environ["NO_PROXY"] = environ["no_proxy"] = value
+    return value
+
+
+def is_loopback(url: str) -> bool:
+    host = (urlsplit(url).hostname or "").lower()
+    return host in LOOPBACK_HOSTS or host.startswith("127.")
+
+
+def http_session(url: str):
+    """A requests session for ``url``: one that ignores proxy settings when it is a loopback address."""
+    import requests
+
+    session = requests.Session()
+    if is_loopback(url):
+        session.trust_env = False
+    return session
+
+
 def run_level(spec: LoadSpec, streams: int, out_json: Path) -> dict[str, Any]:
     """Drive one level with GuideLLM in this process; return its parsed statistics."""
-    import os
-
     for key, value in GUIDELLM_ENV.items():  # read when guidellm.settings is first imported
         os.environ.setdefault(key, value)
+    # Before GuideLLM builds its httpx client or forks its worker: loopback load skips any proxy.
+    bypass_proxy_for_loopback()
     from guidellm.__main__ import cli
 
     out_json.parent.mkdir(parents=True, exist_ok=True)
@@ -155,18 +196,17 @@ def is_over_saturated(previous: dict[str, Any], current: dict[str, Any], gain: f
 
 def warm_up(base_url: str, model_name: str, request_format: str, n: int, max_tokens: int = 8) -> float:
     """Send ``n`` short requests before measuring (the first ones after start pay one-time costs)."""
-    import requests
-
     start = time.perf_counter()
-    for _ in range(n):
-        body: dict[str, Any] = {"model": model_name, "max_tokens": max_tokens}
-        if request_format == "/v1/completions":
-            body["prompt"] = "The quick brown fox jumps over the lazy dog."
-        else:
-            body["messages"] = [{"role": "user", "content": "Say hello."}]
-        r = requests.post(base_url + request_format, json=body, timeout=600)
-        if r.status_code != 200:
-            raise LoadError(f"warm-up request failed with HTTP {r.status_code}: {r.text[:500]}")
+    with http_session(base_url) as session:  # a loopback server: no proxy
+        for _ in range(n):
+            body: dict[str, Any] = {"model": model_name, "max_tokens": max_tokens}
+            if request_format == "/v1/completions":
+                body["prompt"] = "The quick brown fox jumps over the lazy dog."
+            else:
+                body["messages"] = [{"role": "user", "content": "Say hello."}]
+            r = session.post(base_url + request_format, json=body, timeout=600)
+            if r.status_code != 200:
+                raise LoadError(f"warm-up request failed with HTTP {r.status_code}: {r.text[:500]}")
     return time.perf_counter() - start
 
 

@@ -363,9 +363,9 @@ def test_signoff_is_json_with_verdicts_per_scheme_and_overall():
     assert g.signoff(baseline, [twin], gates)["exit_code"] == 0
 
 
-def test_signoff_needs_a_scheme_besides_the_baseline(baseline):
-    with pytest.raises(QevalError, match="nothing to sign off"):
-        g.signoff(baseline, [baseline], g.Gates())
+def test_a_baseline_alone_has_nothing_to_sign_off_and_exits_0(baseline):
+    r = g.signoff(baseline, [baseline], g.Gates())
+    assert (r["overall"], r["exit_code"]) == ("NOTHING TO SIGN OFF", 0)
 
 
 # --- configuration ----------------------------------------------------------------------------

@@ -3,11 +3,19 @@
 qeval's YAMLs name their data by a placeholder, ``__QEVAL_TASK_DATA__/<dataset>.jsonl``,
 where ``<dataset>`` is a name known to :mod:`evals.data`; :mod:`evals.harness.render`
 replaces it for a run.
+
+A user's task folder is scanned for ``*.yaml`` as lm-eval's index does, except qeval's own
+outputs and tool folders (issue 28, item 16): the runs root (``QEVAL_RUNS_DIR``) and any run
+tree in the folder (a folder with ``sweep.json``, or ``manifest.json`` beside ``recipe.yaml``,
+whose ``eval/task_defs/`` holds copies of the tasks it ran), hidden folders (``.git``,
+``.cache``, ``.venv``) and ``__pycache__``/``node_modules``. A name defined twice in what remains
+is a true duplicate, refused at planning (``qeval plan`` and ``qeval run`` read every task).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,13 +130,50 @@ def _placeholder_datasets(path: Path) -> set[str]:
     return names
 
 
+SKIPPED_DIR_NAMES = {"__pycache__", "node_modules"}
+
+
+def _runs_root() -> Path:
+    from pipelines.rundir.paths import runs_root
+
+    return runs_root()
+
+
+def is_qeval_output(folder: Path) -> bool:
+    """A folder qeval wrote: a model's run folder (sweep.json) or a scheme's (manifest.json + recipe.yaml)."""
+    return (folder / "sweep.json").is_file() or (
+        (folder / "manifest.json").is_file() and (folder / "recipe.yaml").is_file()
+    )
+
+
+def task_files(root: Path, suffixes: tuple[str, ...] = (".yaml",)) -> list[Path]:
+    """The files under ``root`` a task scan reads, sorted: every file with one of ``suffixes``, except
+    under hidden folders, ``__pycache__``/``node_modules``, the runs root and qeval's run trees."""
+    root = Path(root)
+    runs = _runs_root()
+    out: list[Path] = []
+    for folder, dirs, files in os.walk(root):
+        here = Path(folder)
+        kept = []
+        for name in sorted(dirs):
+            sub = here / name
+            if name.startswith(".") or name in SKIPPED_DIR_NAMES:
+                continue
+            if sub.resolve() == runs or is_qeval_output(sub):
+                log.debug("task scan of %s: skipping %s (qeval's own output)", root, sub)
+                continue
+            kept.append(name)
+        dirs[:] = kept
+        out += [here / f for f in files if f.endswith(suffixes)]
+    return sorted(out, key=lambda p: p.as_posix())
+
+
 def scan_dir(root: Path) -> tuple[dict[str, TaskDefinition], set[Path]]:
-    """Read every ``*.yaml`` under root (as lm-eval's index does); return tasks and included files."""
+    """Read every ``*.yaml`` under root (as lm-eval's index does, less qeval's own outputs: ``task_files``);
+    return tasks and included files."""
     defs: dict[str, TaskDefinition] = {}
     included: set[Path] = set()
-    for path in sorted(root.rglob("*.yaml"), key=lambda p: p.as_posix()):
-        if "__pycache__" in path.parts or ".ipynb_checkpoints" in path.parts:
-            continue
+    for path in task_files(root):
         cfg = read_task_yaml(path)
         datasets = _placeholder_datasets(path)
         seen = {path.resolve()}
@@ -146,7 +191,8 @@ def scan_dir(root: Path) -> tuple[dict[str, TaskDefinition], set[Path]]:
             continue  # a template that other files include
         if name in defs:
             raise TaskError(
-                f"task {name!r} is defined twice: in {defs[name].path} and in {path}. Rename one."
+                f"task {name!r} is defined twice: in {defs[name].path} and in {path}. Rename one, "
+                "or move the copy out of the tasks folder."
             )
         defs[name] = TaskDefinition(
             name, path.resolve(), root.resolve(), tuple(sorted(datasets)), members

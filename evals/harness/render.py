@@ -77,11 +77,12 @@ def render_tasks(
                 for d in root_defs.values()
                 if d.name not in wanted or defs[d.name].root != root
             }
-            files = [
-                p
-                for p in root.rglob("*")
-                if p.is_file() and (p.suffix in (".yaml", ".py") or p.resolve() in included)
-            ]
+            # The scan's own file list: qeval's earlier copies under a runs folder inside the
+            # tasks folder are never copied again (they would nest deeper on every run).
+            from evals.harness.definitions import task_files
+
+            files = task_files(root, (".yaml", ".py")) + [p for p in included if p.is_file()
+                                                          and p.suffix not in (".yaml", ".py")]
             for src in files:
                 if "__pycache__" in src.parts or src.resolve() in skipped:
                     continue

@@ -30,6 +30,9 @@ DEFAULT_MODEL, QUICK_SUITE = "smollm2-135m", "quick"
 
 
 def verdict_lines(model: str, signoff: dict[str, Any] | None, exit_code: int) -> list[str]:
+    if signoff is not None and signoff.get("overall") == "NOTHING TO SIGN OFF":
+        return [f"exit code {exit_code}: NOTHING TO SIGN OFF: {signoff.get('note', 'only the baseline ran')}",
+                f"report: {model_dir(model) / 'signoff.html'} (also signoff.md, signoff.json)"]
     lines = [f"exit code {exit_code}: {MEANING.get(exit_code, 'unknown exit code')}"]
     if signoff is not None:
         lines.append(f"report: {model_dir(model) / 'signoff.html'} (also signoff.md, signoff.json)")

@@ -25,7 +25,7 @@ from pipelines.recipes.schema import (
     SuiteRecipe,
 )
 from pipelines.recipes.serving import HardwareConfig, SloConfig, merge_section
-from pipelines.rundir.paths import PROJECT_ROOT
+from pipelines.rundir.paths import PROJECT_ROOT, name_problem
 
 
 def recipes_dir() -> Path:
@@ -83,7 +83,7 @@ def validate(model_cls: type[Strict], data: dict[str, Any], where: str) -> Any:
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 problems.append(f"unknown key {loc!r}{hint}; allowed: {', '.join(allowed)}")
             else:
-                problems.append(f"{loc}: {err['msg']}")
+                problems.append(f"{loc}: {err['msg'].removeprefix('Value error, ')}")
         raise QevalError(f"{where}: " + "; ".join(problems)) from exc
 
 
@@ -108,7 +108,7 @@ def load_recipe(kind: str, name: str) -> dict[str, Any]:
         data.setdefault("name", user_files.register(kind, str(user_file)))
         return data
     path = RECIPES_DIR / kind / f"{name}.yaml"
-    if not path.is_file():
+    if name_problem(name) or not path.is_file():  # a name is never a path into (or out of) recipes/
         raise QevalError(unknown_name_message(kind.rstrip("s"), name, available(kind))
                          + f" (or give a path to your own {kind.rstrip('s')} YAML file)")
     data = _load_yaml(path)

@@ -2,6 +2,12 @@
 
 Kept beside schema.py (which imports them) so the serve settings live in one place. Unknown
 keys and non-positive values are errors at planning, like every recipe section.
+
+Serve values are bounded (issue 28, item 12): every number of seconds and every ratio must be
+finite, and a load level is at most ``MAX_LEVEL`` concurrent streams (it becomes, e.g.,
+``llama-server --parallel N``: a million slots is an out-of-memory kill, not a measurement).
+Request counts are capped at ``MAX_REQUESTS_PER_LEVEL``, token counts (prompt, output, KV cache,
+context) at ``MAX_TOKENS`` and engine threads at ``MAX_THREADS``.
 """
 
 from __future__ import annotations
@@ -18,6 +24,12 @@ class Strict(BaseModel):
 
 
 PositiveMs = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+PositiveSeconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+MAX_LEVEL = 4096  # concurrent streams of one load level (the engine's parallel slots)
+MAX_REQUESTS_PER_LEVEL = 1_000_000
+MAX_TOKENS = 1 << 24  # 16.8M: prompt, output, KV-cache and context token counts
+MAX_THREADS = 1024
+Tokens = Annotated[int, Field(le=MAX_TOKENS)]
 Engine = Literal["auto", "transformers", "llama.cpp", "vllm", "endpoint"]
 
 
@@ -56,26 +68,28 @@ class ServeConfig(Strict):
     endpoint_model: str | None = Field(None, description="model name the endpoint serves (default: its first)")
     vllm_command: str | None = Field(None, description="the `vllm` executable of vLLM's own environment "
                                                        "(default: $QEVAL_VLLM_COMMAND, else `vllm` on PATH)")
-    prompt_tokens: int = Field(256, ge=1)
-    prompt_tokens_stdev: int = Field(128, ge=0)
-    output_tokens: int = Field(128, ge=1)
-    output_tokens_stdev: int = Field(64, ge=0)
-    levels: list[Annotated[int, Field(ge=1)]] = Field([1, 2, 4, 8, 16], min_length=1,
-                                                      description="concurrent streams; 1 is the synchronous level")
-    requests_per_level: int = Field(32, ge=1)
-    max_seconds_per_level: float = Field(120.0, gt=0)
-    warmup_requests: int = Field(2, ge=0, description="requests sent before the first level, not measured")
-    start_timeout_s: float = Field(300.0, gt=0)
+    prompt_tokens: Tokens = Field(256, ge=1)
+    prompt_tokens_stdev: Tokens = Field(128, ge=0)
+    output_tokens: Tokens = Field(128, ge=1)
+    output_tokens_stdev: Tokens = Field(64, ge=0)
+    levels: list[Annotated[int, Field(ge=1, le=MAX_LEVEL)]] = Field(
+        [1, 2, 4, 8, 16], min_length=1, description=f"concurrent streams, each at most {MAX_LEVEL}; 1 is the "
+                                                    "synchronous level")
+    requests_per_level: int = Field(32, ge=1, le=MAX_REQUESTS_PER_LEVEL)
+    max_seconds_per_level: PositiveSeconds = Field(120.0, description="a finite number of seconds")
+    warmup_requests: int = Field(2, ge=0, le=MAX_REQUESTS_PER_LEVEL,
+                                 description="requests sent before the first level, not measured")
+    start_timeout_s: PositiveSeconds = Field(300.0, description="a finite number of seconds")
     port: int | None = Field(None, ge=1, le=65535, description="default: a free port on 127.0.0.1")
     continuous_batching: bool = Field(True, description="transformers serve --continuous-batching")
-    kv_cache_tokens: int = Field(4096, ge=64, description="KV-cache tokens the CPU engines reserve")
-    threads: int | None = Field(None, ge=1, description="engine threads (default: the CPUs this process may use, less one for the load generator)")
-    saturation_gain: float = Field(0.05, ge=0, description="stop the sweep once output tokens/s rises by less "
+    kv_cache_tokens: Tokens = Field(4096, ge=64, description="KV-cache tokens the CPU engines reserve")
+    threads: int | None = Field(None, ge=1, le=MAX_THREADS, description="engine threads (default: the CPUs this process may use, less one for the load generator)")
+    saturation_gain: float = Field(0.05, ge=0, allow_inf_nan=False, description="stop the sweep once output tokens/s rises by less "
                                                            "than this fraction while p99 latency rises")
     stop_after_slo_miss: bool = Field(False, description="stop the sweep at the first level that misses a latency "
                                                          "SLO (more load only adds latency): saves time, "
                                                          "keeps capacity")
-    context_len: int | None = Field(None, ge=1, description="tokens per sequence for the KV-cache headroom "
+    context_len: Tokens | None = Field(None, ge=1, description="tokens per sequence for the KV-cache headroom "
                                                             "(default: prompt + output tokens)")
 
     @model_validator(mode="after")

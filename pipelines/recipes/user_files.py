@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipelines.errors import QevalError
+from pipelines.rundir.paths import name_problem, safe_name
 
 SUFFIXES = (".yaml", ".yml")
 KINDS = ("models", "schemes", "suites")
@@ -49,6 +50,14 @@ def register(kind: str, name: str) -> str:
     except yaml.YAMLError as exc:
         raise QevalError(f"{path}: not valid YAML ({exc}). Fix the file's syntax.") from exc
     recipe_name = str(data.get("name") or path.stem) if isinstance(data, dict) else path.stem
+    problem = name_problem(recipe_name)
+    if problem:  # the name becomes runs/<model>/<scheme>: it must not leave the runs root (issue 28.2)
+        where = "its `name:`" if isinstance(data, dict) and data.get("name") else "its file name (no `name:` key)"
+        raise QevalError(
+            f"{path}: {kind.rstrip('s')} recipe {problem}; the name comes from {where} and names a folder "
+            f"under the runs directory. Set `name:` in the file to a safe name, e.g. "
+            f"`name: {safe_name(recipe_name, 'my-' + kind.rstrip('s'))}`."
+        )
     _REGISTERED[(kind, recipe_name)] = path
     return recipe_name
 

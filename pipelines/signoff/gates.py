@@ -5,10 +5,15 @@ intervals (``pipelines.signoff.quality``); cost gates (weights, decode speed,
 TTFT), absolute or relative to the baseline, are plain comparisons
 (``pipelines.signoff.cost``). This module only validates and merges the
 configuration.
+
+Every threshold must be a finite number (issue 28, item 12): ``.inf`` or ``nan`` would make a
+gate pass (or fail) every scheme whatever was measured, so they are refused at planning with
+the gate's name; null is the way to disable a gate.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Literal
 
@@ -17,8 +22,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pipelines.errors import QevalError
 from pipelines.recipes import deep_merge
 
-NonNegative = Annotated[float, Field(ge=0)]
-Positive = Annotated[float, Field(gt=0)]
+NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+Fraction = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
 
 
 class BatchThreshold(BaseModel):
@@ -29,6 +35,7 @@ class BatchThreshold(BaseModel):
     bs: int = Field(ge=1, description="Batch size whose measurement is gated.")
     value: float = Field(
         gt=0,
+        allow_inf_nan=False,
         description=(
             "Threshold in the gated metric's unit (tok/s or ms), or a multiple of the "
             "baseline's figure for the *_rel gates (1.0 = as fast as the baseline)."
@@ -41,7 +48,7 @@ class FloorMultiple(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    floor_x: float = Field(gt=0, description="Multiple of the noise floor's figure (e.g. 20).")
+    floor_x: float = Field(gt=0, allow_inf_nan=False, description="Multiple of the noise floor's figure (e.g. 20).")
 
 
 class Gates(BaseModel):
@@ -98,14 +105,14 @@ class Gates(BaseModel):
     kl_max_p99: Positive | FloorMultiple | None = Field(
         default=None, description="Largest allowed p99 of per-token KL(baseline||scheme), nats; or {floor_x: m}."
     )
-    top1_min_agreement: Annotated[float, Field(gt=0, le=1)] | None = Field(
+    top1_min_agreement: Fraction | None = Field(
         default=None, description="Smallest allowed share of positions whose top token is the baseline's."
     )
-    flip_max_rate: Annotated[float, Field(gt=0, le=1)] | None = Field(
+    flip_max_rate: Fraction | None = Field(
         default=None,
         description="Largest allowed share of task examples whose correctness differs from the baseline's.",
     )
-    collapse_max_increase: Annotated[float, Field(gt=0, le=1)] | None = Field(
+    collapse_max_increase: Fraction | None = Field(
         default=None,
         description=(
             "Generative tasks: largest allowed mean increase over the baseline, per example, of the "
@@ -153,7 +160,7 @@ class Gates(BaseModel):
     max_usd_per_m_rel: Positive | None = Field(
         default=None, description="Largest allowed $ per 1M output tokens as a multiple of the baseline's.")
     confidence: float = Field(
-        default=0.95, gt=0, lt=1, description="Coverage of the two-sided bootstrap intervals."
+        default=0.95, gt=0, lt=1, allow_inf_nan=False, description="Coverage of the two-sided bootstrap intervals."
     )
     n_resamples: int = Field(
         default=2000,
@@ -195,7 +202,26 @@ def merge_gates(
     return _validate(deep_merge(suite, override), "the gates after the model override")
 
 
+def non_finite(data: Any, path: str = "") -> list[tuple[str, float]]:
+    """(gate path, value) of every infinite or NaN number in a gates block, e.g. ('kl_max_mean.floor_x', inf)."""
+    if isinstance(data, Mapping):
+        return [hit for k, v in data.items() for hit in non_finite(v, f"{path}.{k}" if path else str(k))]
+    if isinstance(data, list | tuple):
+        return [hit for i, v in enumerate(data) for hit in non_finite(v, f"{path}[{i}]")]
+    if isinstance(data, float) and not math.isfinite(data):
+        return [(path, data)]
+    return []
+
+
 def _validate(data: dict, source: str) -> Gates:
+    bad = non_finite(data)
+    if bad:
+        listed = ", ".join(f"{gate} = {value}" for gate, value in bad)
+        raise QevalError(
+            f"invalid {source}: {listed}: a gate threshold must be a finite number (an infinite or NaN "
+            "threshold passes or fails every scheme whatever was measured). Set a finite threshold, "
+            "or null to disable the gate."
+        )
     try:
         return Gates.model_validate(data)
     except ValidationError as err:

@@ -5,7 +5,8 @@ per-scheme verdict (``verdict.py``), which is why it sits below all three.
 
 Verdicts: PASS, FAIL, INCONCLUSIVE, SKIPPED (gates); BASELINE (the reference
 scheme, which is not gated) and NOT JUDGED (a scheme whose stages are not all
-done under their current keys, so its files are not evidence).
+done under their current keys, so its files are not evidence). NOTHING TO SIGN
+OFF is the overall verdict of a sweep that ran only the baseline (exit 0).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ INCONCLUSIVE = stats.INCONCLUSIVE
 SKIPPED = "SKIPPED"
 BASELINE = "BASELINE"
 NOT_JUDGED = "NOT JUDGED"
+NOTHING_TO_SIGN_OFF = "NOTHING TO SIGN OFF"  # overall: only the baseline ran, and it finished
 
 
 @dataclass(frozen=True)

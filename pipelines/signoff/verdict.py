@@ -16,6 +16,9 @@ Exit codes (``pipelines.errors``), highest precedence first:
 - 1 FAIL: a judged scheme failed a gate.
 - 3 INCONCLUSIVE: no gate failed, but some could not be decided.
 - 0 PASS: every judged scheme passed.
+- 0 NOTHING TO SIGN OFF: the sweep ran only the baseline (e.g. to check a new task) and it
+  finished: nothing failed and nothing was there to judge (issue 28, item 17). A baseline
+  that is NOT JUDGED is still 4.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from pipelines.signoff.outcome import (
     FAIL,
     INCONCLUSIVE,
     NOT_JUDGED,
+    NOTHING_TO_SIGN_OFF,
     PASS,
     SKIPPED,
     GateResult,
@@ -137,11 +141,7 @@ def signoff(
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise QevalError(f"scheme names must be unique; repeated: {', '.join(duplicates)}")
-    if not names:
-        raise QevalError(
-            f"nothing to sign off: no scheme besides the baseline {baseline_name!r}; "
-            "add quantized schemes to the sweep"
-        )
+    nothing = not names  # only the baseline ran: a normal use, exit 0 when it finished
     if baseline is None:
         reason = not_judged.get(baseline_name, "the baseline is not judgeable")
         not_judged = {baseline_name: reason} | {
@@ -156,11 +156,19 @@ def signoff(
         rank = {name: i for i, name in enumerate([baseline_name, *order])}
         verdicts.sort(key=lambda v: rank.get(v.scheme, len(rank)))
     code = exit_code(v.verdict for v in verdicts if v.verdict != BASELINE)
+    overall = NOTHING_TO_SIGN_OFF if nothing and code == EXIT_PASS else OVERALL[code]
+    note = None
+    if nothing:
+        note = (f"nothing to sign off: the sweep has no scheme besides the baseline {baseline_name!r}"
+                + ("; its results are in the run directory. Add quantized schemes to the sweep to judge them."
+                   if code == EXIT_PASS else f", and the baseline is NOT JUDGED ({not_judged.get(baseline_name)})."))
+        log.info("%s", note)
     return {
         "baseline": baseline_name,
-        "overall": OVERALL[code],
+        "overall": overall,
         "exit_code": code,
         "exit_code_precedence": PRECEDENCE,
+        "note": note,
         "verdicts": {v.scheme: v.verdict for v in verdicts},
         "not_judged": {v.scheme: v.note for v in verdicts if v.verdict == NOT_JUDGED},
         "schemes": [v.to_dict() for v in verdicts],
