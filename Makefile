@@ -139,7 +139,7 @@ ui: ## serve the MLflow UI of the tracking store (MLFLOW_TRACKING_URI, else ./ml
 	esac
 
 env: ## this machine: CPU, ISA, probe GFLOP/s per dtype, the compute dtype and threads qeval picks, engines
-	$(QEVAL) env --model $(MODEL) $(if $(filter 1 true yes,$(JSON)),--json)
+	@$(QEVAL) env --model $(MODEL) $(if $(filter 1 true yes,$(JSON)),--json)
 
 bench-eval: ## perplexity stage vs a bare batched forward pass on the same tokens
 	$(QEVAL) bench-eval --model $(MODEL)
