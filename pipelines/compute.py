@@ -22,9 +22,11 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
 
 from pipelines.environment import PROJECT_ROOT, cpu_model
 
@@ -242,13 +244,17 @@ def speed_ratio(gflops: dict[str, dict[str, float]], dtype: str, against: str = 
 # ----------------------------------------------------------------------------- the choice
 
 
-@dataclass
-class ComputeDecision:
-    """The resolved compute dtype and everything that decided it (recorded beside every number)."""
+class ComputeDecision(BaseModel):
+    """The resolved compute dtype and everything that decided it (recorded beside every number).
 
-    dtype: str
-    requested: str  # the recipe's compute_dtype ("auto" or a dtype)
-    storage_dtype: str
+    The one definition: model recipes store it as ``model.compute`` (pipelines.recipes.ComputeChoice).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    dtype: Literal["float32", "bfloat16", "float16"]
+    requested: Literal["auto", "float32", "bfloat16", "float16"]  # the recipe's compute_dtype
+    storage_dtype: Literal["float32", "bfloat16", "float16"]
     reason: str
     device: str
     threads: int
@@ -258,10 +264,7 @@ class ComputeDecision:
     native_fp16: bool | None = None
     gpu_name: str | None = None
     probe_gflops: dict[str, dict[str, float]] | None = None
-    warnings: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    warnings: list[str] = []
 
 
 def resolve(requested: str, storage_dtype: str, device: str, *, config: Any = None, n_params: int | None = None,

@@ -101,5 +101,4 @@ def resolve_compute(recipe: ModelRecipe, device: str) -> ComputeChoice:
             n_params = estimate_params(config)
         except Exception as exc:  # unreadable here: the probe falls back to generic shapes
             log.info("compute dtype: %s's config is not readable (%s); probing generic shapes", recipe.name, exc)
-    decision = compute.resolve(recipe.compute_dtype, recipe.dtype, device, config=config, n_params=n_params)
-    return ComputeChoice(**decision.to_dict())
+    return compute.resolve(recipe.compute_dtype, recipe.dtype, device, config=config, n_params=n_params)

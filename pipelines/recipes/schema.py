@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from pipelines.compute import ComputeDecision
 from pipelines.recipes.serving import HardwareConfig, ServeConfig, SloConfig
 from pipelines.rundir.paths import name_problem, safe_name
 
@@ -54,22 +55,8 @@ class Resources(Strict):
     memory_gib: float | None = Field(None, gt=0, description="default: estimated from the parameter count")
 
 
-class ComputeChoice(Strict):
-    """The compute dtype a sweep resolved (pipelines.compute), recorded in every recipe it writes."""
-
-    dtype: DType
-    requested: Literal["auto", "float32", "bfloat16", "float16"]
-    storage_dtype: DType
-    reason: str
-    device: str
-    threads: int
-    cpu_model: str | None = None
-    cpu_capability: str | None = None
-    native_bf16: bool | None = None
-    native_fp16: bool | None = None
-    gpu_name: str | None = None
-    probe_gflops: dict[str, dict[str, float]] | None = None
-    warnings: list[str] = []
+# The compute dtype a sweep resolved (pipelines.compute), recorded in every recipe it writes.
+ComputeChoice = ComputeDecision
 
 
 class ModelRecipe(Strict):
