@@ -113,8 +113,8 @@ MODEL = "tiny-compute"
 
 @pytest.fixture(scope="module")
 def forced_avx2_sweep(tmp_path_factory, tiny_llama_dir):
-    """A tiny baseline + int8-wo sweep planned as on an AVX2-only CPU (the real probe is not asked:
-    the forced CPU has no native bf16), run by the real stages, then signed off."""
+    """A tiny baseline + int8-wo + awq sweep planned as on an AVX2-only CPU (the real probe is not
+    asked: the forced CPU has no native bf16), run by the real stages, then signed off."""
     from pipelines.execution.local import WORKER_OK, run_stages_in_process
     from pipelines.execution.plan import SweepOptions, plan, write_plan
     from pipelines.recipes import resolve as recipe_resolve
@@ -129,13 +129,13 @@ def forced_avx2_sweep(tmp_path_factory, tiny_llama_dir):
         mp.setattr(recipe_resolve, "RECIPES_DIR", root / "recipes")
         mp.setenv("QEVAL_RUNS_DIR", str(root / "runs"))
         mp.setattr(compute, "cpu_features", lambda: AVX2_ONLY)
-        opts = SweepOptions(model=MODEL, schemes=["baseline", "int8-wo"], suite="smoke", limit=4, quiet=True,
+        opts = SweepOptions(model=MODEL, schemes=["baseline", "int8-wo", "awq"], suite="smoke", limit=4, quiet=True,
                             track=False, overrides={"tasks": {"names": []}, "perplexity": {"max_windows": 2}})
         p = plan(opts)
         write_plan(p, opts)
-        for scheme in ("baseline", "int8-wo"):
+        for scheme in ("baseline", "int8-wo", "awq"):
             assert run_stages_in_process(MODEL, scheme, ("quantize", "evaluate"), quiet=True) == WORKER_OK
-        result = signoff.run(MODEL, ["baseline", "int8-wo"])
+        result = signoff.run(MODEL, ["baseline", "int8-wo", "awq"])
     return root / "runs" / MODEL, p, result
 
 
@@ -168,6 +168,27 @@ def test_manifest_and_result_files_record_the_compute_choice(forced_avx2_sweep):
     # The baseline checkpoint stays in its storage precision: the stages cast it when they load.
     config = json.loads((mdir / "baseline" / "quantize" / "model" / "config.json").read_text())
     assert config.get("dtype", config.get("torch_dtype")) == "bfloat16"
+
+
+@pytest.mark.slow
+def test_awq_quantizes_in_bf16_but_is_evaluated_in_the_sweeps_float32(forced_avx2_sweep):
+    """gptqmodel packs AWQ only in fp16/bf16: the quantize step says so, everything after it runs
+    in the sweep's float32 (the AWQ checkpoint really loads and runs in float32)."""
+    from pipelines.stages.signoff import compute_caveats
+
+    mdir, p, _ = forced_avx2_sweep
+    entry = json.loads((mdir / "awq" / "manifest.json").read_text())["stages"]
+    assert entry["quantize"]["compute"]["quantize_dtype"] == "bfloat16"
+    assert "AwqTorchLinear" in entry["quantize"]["compute"]["quantize_reason"]
+    assert entry["evaluate"]["compute"]["dtype"] == "float32"
+    assert "quantize_dtype" not in entry["evaluate"]["compute"]
+    ppl = json.loads((mdir / "awq" / "eval" / "perplexity.json").read_text())
+    assert all(r["dtype"] == "float32" for r in ppl.values())
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("QEVAL_RUNS_DIR", str(mdir.parent))
+        caveats = compute_caveats(MODEL, ["int8-wo", "awq"], p.recipes["awq"])
+    assert [c for c in caveats if c.startswith("awq: quantized in bfloat16")]
+    assert not [c for c in caveats if c.startswith(("baseline", "int8-wo"))]
 
 
 @pytest.mark.slow

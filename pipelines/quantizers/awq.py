@@ -28,9 +28,10 @@ class AWQQuantizer(Quantizer):
     format = "awq-gemm"
     calibrates = True
     folds_input_scales = True
-    # gptqmodel 7.6's AwqTorchLinear raises NotImplementedError for float32 when it packs or loads.
-    compute_dtypes = ("bfloat16", "float16")
-    compute_dtypes_reason = "gptqmodel's AWQ torch kernel (AwqTorchLinear) supports only float16 and bfloat16"
+    # gptqmodel 7.6's AwqTorchLinear, which its AWQ quantize packs into, raises NotImplementedError
+    # for float32. The saved checkpoint loads in float32 (TorchAtenAwqLinear, torch's int4 CPU kernel).
+    quantize_dtypes = ("bfloat16", "float16")
+    quantize_dtypes_reason = "gptqmodel's AWQ packing kernel (AwqTorchLinear) supports only float16 and bfloat16"
 
     def parse_params(self, raw, where):
         if "bits" in raw and raw["bits"] != 4:

@@ -92,10 +92,11 @@ class Quantizer:
     install_hint: ClassVar[str] = "pip install -e ."
     # The checkpoint's config carries its compute dtype (bitsandbytes, torchao): load forces none.
     loads_in_saved_dtype: ClassVar[bool] = False
-    # The compute dtypes the library's kernels accept (None: any). Where the sweep's is not one of
-    # them, the scheme computes in the storage dtype (else the first listed) and records why.
-    compute_dtypes: ClassVar[tuple[str, ...] | None] = None
-    compute_dtypes_reason: ClassVar[str] = ""
+    # The dtypes the library's quantize step (calibration and packing) accepts (None: any). Where the
+    # sweep's is not one of them, the scheme quantizes in the storage dtype (else the first listed)
+    # and records why; its checkpoint is still loaded, evaluated and served in the sweep's dtype.
+    quantize_dtypes: ClassVar[tuple[str, ...] | None] = None
+    quantize_dtypes_reason: ClassVar[str] = ""
 
     def emulated_on(self, device: str, checkpoint_format: str | None = None) -> bool:
         """True where ``device`` runs a dequantized stand-in of the scheme's real kernel.

@@ -79,31 +79,37 @@ class StageContext:
 
     @property
     def compute_dtype(self) -> str:
-        """The dtype every model of this scheme is loaded and computed in: the sweep's
-        (pipelines.compute), unless the scheme's library accepts only others."""
-        return self._compute_override()[0] or self.recipe.compute_dtype
+        """The dtype every model of this scheme is loaded, evaluated and served in: the sweep's
+        (pipelines.compute)."""
+        return self.recipe.compute_dtype
 
-    def _compute_override(self) -> tuple[str | None, str | None]:
+    @property
+    def quantize_dtype(self) -> str:
+        """The dtype the quantize step computes in: the sweep's, unless the scheme's library
+        quantizes only in others."""
+        return self._quantize_override()[0] or self.recipe.compute_dtype
+
+    def _quantize_override(self) -> tuple[str | None, str | None]:
         from pipelines.quantizers import REGISTRY, get_quantizer
 
         if self.recipe.scheme.quantizer not in REGISTRY:
             return None, None
         quantizer = get_quantizer(self.recipe.scheme.quantizer)
-        allowed, dtype = quantizer.compute_dtypes, self.recipe.compute_dtype
+        allowed, dtype = quantizer.quantize_dtypes, self.recipe.compute_dtype
         if not allowed or dtype in allowed:
             return None, None
         storage = self.recipe.model.dtype
-        return (storage if storage in allowed else allowed[0]), quantizer.compute_dtypes_reason
+        return (storage if storage in allowed else allowed[0]), quantizer.quantize_dtypes_reason
 
-    def compute_record(self) -> dict[str, Any]:
+    def compute_record(self, stage: str | None = None) -> dict[str, Any]:
         """What the result files and the manifest record about the computation: the resolved
-        dtype and why, the device, the CPU and its capability, and this process's torch threads."""
+        dtype and why, the device, the CPU and its capability, and this process's torch threads.
+        The quantize stage adds the dtype it quantized in where its library forced another."""
         choice = self.recipe.model.compute
         record = choice.model_dump(exclude={"probe_gflops", "warnings"}) if choice is not None else {}
-        forced, why = self._compute_override()
-        if forced:
-            record.update(dtype=forced, sweep_dtype=self.recipe.compute_dtype,
-                          reason=f"{why}: computed in {forced}, the sweep in {self.recipe.compute_dtype}")
+        forced, why = self._quantize_override()
+        if forced and stage == "quantize":
+            record.update(quantize_dtype=forced, quantize_reason=why)
         return {**record, "threads": torch_threads()}
 
     @property
@@ -143,7 +149,7 @@ def run_stage(ctx: StageContext, name: str, key: str, body: Callable[[], tuple[l
     log.info("%s/%s: %s started (key %s, pid %d)", ctx.model, ctx.scheme, name, key, os.getpid())
     loads_before = dict(loading.LOAD_COUNTS)
     start = time.perf_counter()
-    compute = ctx.compute_record()
+    compute = ctx.compute_record(name)
     try:
         with recording_compute(compute):
             outputs, extra = body()

@@ -114,7 +114,7 @@ def _quantize(ctx: StageContext, quantizer: Quantizer, params, ignored: list[str
     tokenizer = loading.load_tokenizer(ctx.base_source, recipe.model.revision, trust_remote_code=trust)
     calib = calibration_set(ctx, tokenizer) if quantizer.calibrates else None
     request = QuantizeRequest(
-        source=source, revision=recipe.model.revision, dtype=ctx.compute_dtype, device=device, params=params,
+        source=source, revision=recipe.model.revision, dtype=ctx.quantize_dtype, device=device, params=params,
         ignore=ignored, calibration=calib, out_dir=ctx.sdir.checkpoint_dir, n_gpus=recipe.model.n_gpus,
         trust_remote_code=trust, storage_dtype=recipe.model.dtype,
     )

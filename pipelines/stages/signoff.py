@@ -135,14 +135,17 @@ def compute_caveats(model: str, judged: list[str], recipe: ResolvedRecipe) -> li
         done = QuantizeResult.read_if_present(scheme_dir(model, scheme).quantize_json)
         if done is None:
             continue
-        computed = (done.compute or {}).get("dtype", done.dtype)
+        compute = done.compute or {}
+        computed = compute.get("dtype", done.dtype)
         if done.engine:
             out.append(f"{scheme}: computed by {done.engine.get('engine', 'another engine')} in its own types "
                        f"(weights {done.format}), not in {choice.dtype}.")
         elif computed != choice.dtype:
-            why = (done.compute or {}).get("reason") if (done.compute or {}).get("sweep_dtype") else None
             out.append(f"{scheme}: computed in {computed}, the sweep in {choice.dtype} "
-                       f"({why or 'a result from another compute choice'}).")
+                       "(a result from another compute choice).")
+        elif compute.get("quantize_dtype"):
+            out.append(f"{scheme}: quantized in {compute['quantize_dtype']} ({compute.get('quantize_reason')}); "
+                       f"loaded, evaluated and served in {choice.dtype} like every scheme.")
     return out
 
 
