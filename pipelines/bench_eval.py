@@ -22,8 +22,10 @@ def bench_eval(model_name: str, *, seq_len: int = 512, n_windows: int = 16, batc
     recipe = models.resolve_model(model_name)
     source = models.source_path(recipe)
     device = loading.resolve_device("auto")
+    # The dtype a sweep computes in on this machine (float32 where bf16 is not native), as the stage.
+    dtype = models.resolve_compute(recipe, device).dtype
     tokenizer = loading.load_tokenizer(source, recipe.revision, trust_remote_code=recipe.trust_remote_code)
-    model = loading.load_dense(source, recipe.dtype, device, revision=recipe.revision,
+    model = loading.load_dense(source, dtype, device, revision=recipe.revision,
                                trust_remote_code=recipe.trust_remote_code, stage="bench-eval")
     text, _ = perplexity_text("wikitext2", resolve_data_dir(None))
 
@@ -50,7 +52,7 @@ def bench_eval(model_name: str, *, seq_len: int = 512, n_windows: int = 16, batc
     bare_s = sorted(bare() for _ in range(repeats))[repeats // 2]
     tokens = n_windows * seq_len
     return (
-        f"bench-eval on {recipe.name} ({recipe.dtype}, {device}), {n_windows} windows x {seq_len} tokens, "
+        f"bench-eval on {recipe.name} ({dtype}, {device}, {torch.get_num_threads()} threads), {n_windows} windows x {seq_len} tokens, "
         f"batch {batch_size}, median of {repeats}\n"
         f"  perplexity stage : {stage_s:7.2f} s  {tokens / stage_s:8.0f} tok/s  (tokenization included)\n"
         f"  bare forward     : {bare_s:7.2f} s  {tokens / bare_s:8.0f} tok/s\n"

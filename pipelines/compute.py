@@ -279,17 +279,20 @@ def resolve(requested: str, storage_dtype: str, device: str, *, config: Any = No
     base = dict(requested=requested, storage_dtype=storage_dtype, device=device, threads=threads,
                 cpu_model=features.model, cpu_capability=features.capability,
                 native_bf16=features.native_bf16, native_fp16=features.native_fp16)
+    # Probed on every CPU (cached per machine): the choice needs it where the dtype is native, and
+    # `qeval plan`'s time estimate needs the chosen dtype's rates everywhere.
+    if gflops is None:
+        gflops = probe(shapes_of_config(config) if config is not None else model_shapes(1024, 4096, 32000),
+                       threads)["gflops"]
+    base["probe_gflops"] = gflops
     if requested != "auto":
         return ComputeDecision(dtype=requested, reason=f"set in the recipe (compute_dtype: {requested})", **base)
     if storage_dtype == "float32":
         return ComputeDecision(dtype="float32", reason="the checkpoint is stored in float32", **base)
     native = features.native_bf16 if storage_dtype == "bfloat16" else features.native_fp16
-    if gflops is None and native:
-        gflops = probe(shapes_of_config(config) if config is not None else model_shapes(1024, 4096, 32000),
-                       threads)["gflops"]
     ratio = speed_ratio(gflops, storage_dtype) if gflops else None
     if native and ratio is not None and ratio >= 1.0:
-        return ComputeDecision(dtype=storage_dtype, probe_gflops=gflops, **base,
+        return ComputeDecision(dtype=storage_dtype, **base,
                                reason=f"{storage_dtype} is native on this CPU ({features.capability}) and "
                                       f"{ratio:.2f}x float32's speed in the probe")
     why = (f"{storage_dtype} is not native on this CPU ({features.capability}: torch falls back to a slow path)"
@@ -302,9 +305,9 @@ def resolve(requested: str, storage_dtype: str, device: str, *, config: Any = No
                    f"({fp32_bytes / gib:.1f} GiB) would not fit in {FP32_MEMORY_SHARE:.0%} of this machine's "
                    f"{memory_bytes / gib:.1f} GiB. Expect several times the float32 time; the GGUF schemes "
                    "(llama.cpp) or a smaller suite (SUITE=smoke) run much faster here.")
-        return ComputeDecision(dtype=storage_dtype, probe_gflops=gflops, warnings=[warning], **base,
+        return ComputeDecision(dtype=storage_dtype, warnings=[warning], **base,
                                reason=f"{why}, but float32 weights would not fit in memory")
-    return ComputeDecision(dtype="float32", probe_gflops=gflops, reason=f"{why}; float32 is faster and exact",
+    return ComputeDecision(dtype="float32", reason=f"{why}; float32 is faster and exact",
                            **base)
 
 

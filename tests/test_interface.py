@@ -153,14 +153,14 @@ def test_plan_of_a_finished_sweep_is_all_cached_and_writes_nothing(user_sweep, c
 
 
 @pytest.mark.slow
-def test_plan_names_the_recipe_change_and_estimates_from_the_last_run(user_sweep, capsys, monkeypatch):
+def test_plan_names_the_recipe_change_and_estimates_from_the_probe(user_sweep, capsys, monkeypatch):
     monkeypatch.setenv("QEVAL_RUNS_DIR", str(user_sweep["runs"]))
     before = tree_digest(user_sweep["runs"])
     # As make's SET passes it: two items in one string.
     text = plan_text(capsys, user_sweep["model_dir"], user_sweep["suite"],
                      "--set", "perplexity.max_windows=2 benchmark.iters=2")
     line = stage_line(text, "my-fp8", "evaluate")
-    assert "recipe changed: perplexity.max_windows 1→2" in line and "(last run)" in line
+    assert "recipe changed: perplexity.max_windows 1→2" in line and "(probe)" in line
     assert "recipe changed: benchmark.iters 1→2" in stage_line(text, "my-fp8", "benchmark")
     assert "cached" in stage_line(text, "my-fp8", "quantize")
     assert tree_digest(user_sweep["runs"]) == before
@@ -190,7 +190,10 @@ def test_plan_says_library_upgraded_failed_earlier_and_no_result(user_sweep, cap
 
 
 @pytest.mark.slow
-def test_estimates_scale_another_models_time_by_parameters(user_sweep, monkeypatch, tmp_path):
+def test_estimates_come_from_the_probe_and_grow_with_the_model(user_sweep, monkeypatch, tmp_path):
+    """The estimate is computed from this machine's compute probe and the suite's token counts;
+    without a probe (CUDA, a forced capability) it scales another model's measured time."""
+    from pipelines.execution import estimate
     from pipelines.execution.plan import SweepOptions
     from pipelines.execution.preview import preview
 
@@ -200,12 +203,28 @@ def test_estimates_scale_another_models_time_by_parameters(user_sweep, monkeypat
     config = json.loads((bigger / "config.json").read_text())
     config["num_hidden_layers"] = 4
     (bigger / "config.json").write_text(json.dumps(config))
-    pv = preview(SweepOptions(model=str(bigger), suite=str(user_sweep["suite"]), track=False))
-    stage = next(s for s in pv.schemes[0].stages if s.stage == "evaluate")
-    assert stage.will_run and stage.reason == "no result"
+
+    def evaluate_stage(model_dir):
+        pv = preview(SweepOptions(model=str(model_dir), suite=str(user_sweep["suite"]), track=False, force=True))
+        return next(s for s in pv.schemes[0].stages if s.stage == "evaluate")
+
+    small, big = evaluate_stage(user_sweep["model_dir"]), evaluate_stage(bigger)
+    assert small.estimate_from == big.estimate_from == "probe"
+    assert big.estimate_s > small.estimate_s > estimate.FIXED_S["evaluate"]  # more layers, more compute
+
+    # A suite that states a budget its estimate is over warns before anything runs.
+    tight = tmp_path / "tight.yaml"
+    suite = yaml.safe_load(user_sweep["suite"].read_text())
+    tight.write_text(yaml.safe_dump({**suite, "name": "tight", "time_budget_min": 0.1}))
+    pv = preview(SweepOptions(model=str(bigger), suite=str(tight), track=False, force=True))
+    assert pv.budget_min == 0.1
+    assert any(n.startswith("WARNING: about") and "over suite tight's budget of 0.1 min" in n for n in pv.notes)
+
+    monkeypatch.setattr(estimate, "rates_of", lambda recipe, params: None)
+    stage = evaluate_stage(bigger)
     assert stage.estimate_from == f"{user_sweep['model']} scaled by parameters"
     base = json.loads((user_sweep["runs"] / user_sweep["model"] / "baseline" / "manifest.json").read_text())
-    assert stage.estimate_s > base["stages"]["evaluate"]["duration_s"]  # more layers, more time
+    assert stage.estimate_s > base["stages"]["evaluate"]["duration_s"]
 
 
 def test_dry_run_writes_nothing(tmp_path, capsys, tiny_llama_dir, monkeypatch):
@@ -357,5 +376,5 @@ def test_the_default_model_says_why_inconclusive_is_expected(tmp_path, monkeypat
     lines = verdict_lines("smollm2-135m", {"overall": "INCONCLUSIVE"}, EXIT_INCONCLUSIVE)
     assert lines[0].startswith("exit code 3: INCONCLUSIVE")
     note = lines[-1]
-    assert "quick suite" in note and "50 examples per task" in note and "0.97" in note and "SUITE=standard" in note
+    assert "quick suite" in note and "30 examples per task" in note and "0.97" in note and "SUITE=standard" in note
     assert not any("Expected on" in line for line in verdict_lines("other", None, EXIT_INCONCLUSIVE))

@@ -3,8 +3,9 @@
 Per scheme: the resolved recipe's key fields; for each stage whether its result is cached
 or it will run, and why ("no result", "recipe changed: calibration.n_samples 16→32",
 "library upgraded: torch 2.12.0→2.13.0", "stage failed earlier", "quantize reruns",
-otherwise "inputs or code changed"); and an estimated time from earlier runs on this
-machine (the manifests under the runs root).
+otherwise "inputs or code changed"); and an estimated time on this machine, from the
+compute probe and the suite's token counts (pipelines.execution.estimate), else from earlier
+runs (the manifests under the runs root), with a warning where it is over the suite's budget.
 
 The plan comes from :func:`pipelines.execution.plan.plan`, which writes nothing; the rest
 only reads run directories (manifest.json, recipe.yaml), never through a lock or a cache.
@@ -62,6 +63,7 @@ class SweepPreview:
     tracking_uri: str | None
     executor: str
     notes: list[str] = field(default_factory=list)
+    budget_min: float | None = None
 
     def estimate(self) -> tuple[float, int]:
         """Seconds of the stages that will run and have an estimate; how many have none."""
@@ -78,6 +80,9 @@ def preview(opts: SweepOptions) -> SweepPreview:
 
 
 def preview_plan(p: Plan, opts: SweepOptions) -> SweepPreview:
+    from pipelines.execution.estimate import rates_of, stage_seconds
+    from pipelines.quantizers import get_quantizer
+
     history = StageHistory(runs_root())
     params = model_params(next(iter(p.recipes.values())).model) if p.recipes else None
     schemes = []
@@ -90,8 +95,15 @@ def preview_plan(p: Plan, opts: SweepOptions) -> SweepPreview:
             continue
         ctx = StageContext(p.model, scheme, recipe, sdir, force=opts.force, profile=opts.profile)
         stages = stage_plans(ctx, force=opts.force)
+        rates = rates_of(recipe, params)
+        quantizer = get_quantizer(recipe.scheme.quantizer)
         for st in stages:
-            if st.will_run:
+            if not st.will_run:
+                continue
+            if rates is not None and quantizer.engine == "transformers":  # llama.cpp has no torch probe
+                st.estimate_s = stage_seconds(st.stage, recipe, quantizer, rates, is_baseline=scheme == "baseline")
+                st.estimate_from = "probe"
+            else:
                 st.estimate_s, st.estimate_from = history.estimate(p.model, scheme, st.stage, params)
         schemes.append(SchemePlan(scheme, fields, stages))
     recipe0 = next(iter(p.recipes.values()))
@@ -100,8 +112,31 @@ def preview_plan(p: Plan, opts: SweepOptions) -> SweepPreview:
         from pipelines.tracking import tracking_uri
 
         tracking = tracking_uri()
-    return SweepPreview(p.model, p.suite, schemes, recipe0.data_dir, str(runs_root() / p.model), tracking,
-                        opts.executor)
+    pv = SweepPreview(p.model, p.suite, schemes, recipe0.data_dir, str(runs_root() / p.model), tracking,
+                      opts.executor, budget_min=suite_budget(p.suite))
+    seconds, _ = pv.estimate()
+    if pv.budget_min and seconds > 60 * pv.budget_min:
+        pv.notes.append(
+            f"WARNING: about {format_duration(seconds)} on this machine, over suite {p.suite}'s budget of "
+            f"{pv.budget_min:g} min ({_machine(recipe0)}). Faster: fewer schemes (SCHEMES=...), SUITE=smoke, "
+            "or the GGUF schemes on llama.cpp.")
+    return pv
+
+
+def suite_budget(suite: str) -> float | None:
+    from pipelines.recipes.resolve import load_suite
+
+    try:
+        return load_suite(suite).time_budget_min
+    except Exception:  # the plan already validated the suite; a budget is only advice
+        return None
+
+
+def _machine(recipe) -> str:
+    c = recipe.model.compute
+    if c is None:
+        return "no compute choice recorded"
+    return f"{c.dtype} on {c.cpu_model or c.device}, {c.cpu_capability or c.device}, {c.threads} threads"
 
 
 def key_fields(recipe) -> dict[str, str]:
@@ -315,7 +350,8 @@ def estimate_text(pv: SweepPreview) -> str:
     if unknown == runs:
         return f"unknown ({runs} stages to run, none run before on this machine)"
     extra = f" + {unknown} stage(s) never run here" if unknown else ""
-    return f"about {format_duration(seconds)}{extra} ({runs} stages to run)"
+    budget = f", suite budget {pv.budget_min:g} min" if pv.budget_min else ""
+    return f"about {format_duration(seconds)}{extra} ({runs} stages to run{budget})"
 
 
 def format_header(pv: SweepPreview) -> str:
@@ -328,7 +364,7 @@ def format_header(pv: SweepPreview) -> str:
         f"  tracking:  {pv.tracking_uri or 'off (--no-track)'}",
         f"  estimated: {estimate_text(pv)}",
     ]
-    return "\n".join(lines)
+    return "\n".join(lines + [f"  {note}" for note in pv.notes])
 
 
 def format_preview(pv: SweepPreview) -> str:

@@ -27,6 +27,10 @@ class AWQQuantizer(Quantizer):
     ParamsModel = AWQParams
     format = "awq-gemm"
     calibrates = True
+    # qeval plan: the scale and clip search is Python-bound at this size (about 2.5 s a layer)
+    calibration_fixed_s = 75.0
+    calibration_passes = 20.0
+    prefill_cost = 0.95
     folds_input_scales = True
     # gptqmodel 7.6's AwqTorchLinear, which its AWQ quantize packs into, raises NotImplementedError
     # for float32. The saved checkpoint loads in float32 (TorchAtenAwqLinear, torch's int4 CPU kernel).

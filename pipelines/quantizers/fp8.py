@@ -12,6 +12,8 @@ class FP8Params(Params):
 
 class FP8Quantizer(TorchAOQuantizer):
     key = "fp8"
+    # qeval plan: emulated FP8 matmuls on a CPU, measured against dense layers
+    decode_cost = 4.5
     bits = 8
     ParamsModel = FP8Params
     kernel = "Float8Tensor (weight-only, dequantize + matmul)"

@@ -31,6 +31,11 @@ class GPTQQuantizer(Quantizer):
     ParamsModel = GPTQParams
     format = "gptq"
     calibrates = True
+    # qeval plan: gptqmodel's per-layer loop is Python-bound at this size; its Hessians scale with tokens
+    calibration_fixed_s = 48.0
+    calibration_passes = 4.0
+    prefill_cost = 1.1
+    decode_cost = 1.3
 
     def parse_params(self, raw, where):
         if "bits" in raw and raw["bits"] not in (4, 8):

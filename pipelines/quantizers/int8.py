@@ -14,6 +14,9 @@ class Int8Params(Params):
 
 class Int8Quantizer(BitsAndBytesQuantizer):
     key = "int8"
+    # qeval plan: LLM.int8's outlier split and casts, measured against dense layers
+    prefill_cost = 1.1
+    decode_cost = 2.5
     bits = 8
     ParamsModel = Int8Params
     kernel = "Linear8bitLt"

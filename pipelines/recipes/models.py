@@ -92,7 +92,7 @@ def resolve_compute(recipe: ModelRecipe, device: str) -> ComputeChoice:
     from pipelines.geometry import estimate_params
 
     config = n_params = None
-    if recipe.compute_dtype == "auto" and device != "cuda" and recipe.dtype != "float32":
+    if device != "cuda":  # the probe uses its shapes, the float32 memory check its size
         try:
             from transformers import AutoConfig
 

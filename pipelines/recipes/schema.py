@@ -186,6 +186,9 @@ class SuiteRecipe(Strict):
     name: str
     _safe_name = field_validator("name")(_check_recipe_name)
     description: str = ""
+    # What a full run of this suite should take on the machine it is meant for; `qeval plan`
+    # warns when its estimate for this machine is over it.
+    time_budget_min: float | None = Field(None, gt=0, allow_inf_nan=False)
     schemes: list[str]
     calibration: CalibrationOverride = CalibrationOverride()
     calibration_per_scheme: dict[str, CalibrationOverride] = {}
