@@ -213,7 +213,7 @@ def test_estimates_come_from_the_probe_and_grow_with_the_model(user_sweep, monke
     assert big.estimate_s > small.estimate_s > estimate.FIXED_S["evaluate"]  # more layers, more compute
 
     # A suite that states a budget its estimate is over warns before anything runs.
-    tight = tmp_path / "tight.yaml"
+    tight = user_sweep["suite"].parent / "tight.yaml"  # beside it: its scheme files are relative
     suite = yaml.safe_load(user_sweep["suite"].read_text())
     tight.write_text(yaml.safe_dump({**suite, "name": "tight", "time_budget_min": 0.1}))
     pv = preview(SweepOptions(model=str(bigger), suite=str(tight), track=False, force=True))
