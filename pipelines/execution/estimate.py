@@ -12,8 +12,8 @@ task log-likelihoods, calibration) runs at the probe's GEMM rate, decoding at it
 The constants below (fixed seconds, passes, each quantizer's kernel cost) were fitted on the
 default sweep of the embedded model on 2 vCPUs of an AMD EPYC (AVX-512 with native bf16, and the
 same CPU restricted to AVX2 with ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2); docs/compute.md
-gives the measured and estimated figures. Where there is no probe (CUDA, or a forced capability),
-there is no estimate from it, and the plan falls back to earlier runs.
+gives the measured and estimated figures. Where there is no probe (CUDA), there is no estimate
+from it, and the plan falls back to earlier runs.
 """
 
 from __future__ import annotations
@@ -39,8 +39,6 @@ FIXED_S = {"quantize": 2.0, "evaluate": 24.0, "benchmark": 9.0, "serve": 20.0}
 REFERENCE_PARAMS = 134_515_008
 # The quantize stage's reload of the base and the quantized model, and their layer-by-layer errors.
 LAYER_ERRORS_S = 13.0
-# Fidelity's comparison with the baseline (and the baseline's reference) ride on the perplexity
-# pass; the baseline adds one pass in a second precision for the noise floor.
 # The share of the probe's GEMM and GEMV rates a whole forward reaches (attention, norms, the
 # Python between layers).
 MODEL_EFFICIENCY = 0.8
@@ -65,7 +63,7 @@ class Rates:
                      self.params, self.step_s * quantizer.decode_cost, self.floor_gflops)
 
     def prefill_s(self, tokens: float) -> float:
-        return tokens * 2 * self.params / (self.prefill_gflops * 1e9)
+        return self._forward_s(tokens, self.prefill_gflops)
 
     def decode_s(self, steps: float, batch: int = 1) -> float:
         rate = min(batch * self.decode_gflops, self.prefill_gflops)
@@ -73,18 +71,21 @@ class Rates:
 
     def floor_s(self, tokens: float) -> float:
         """The baseline's second precision for the noise floor (float32 where the sweep is not)."""
-        return tokens * 2 * self.params / ((self.floor_gflops or self.prefill_gflops) * 1e9)
+        return self._forward_s(tokens, self.floor_gflops or self.prefill_gflops)
+
+    def _forward_s(self, tokens: float, gflops: float) -> float:
+        return tokens * 2 * self.params / (gflops * 1e9)
 
 
 def rates_of(recipe, params: int | None) -> Rates | None:
     """The probe's rates for the recipe's compute dtype; None without a probe or a parameter count."""
     choice = recipe.model.compute
     gflops = (choice.probe_gflops or {}) if choice is not None else {}
-    dtype = recipe.compute_dtype
-    prefill, decode = (gflops.get("prefill") or {}).get(dtype), (gflops.get("decode") or {}).get(dtype)
+    dtype, prefill_row = recipe.compute_dtype, gflops.get("prefill") or {}
+    prefill, decode = prefill_row.get(dtype), (gflops.get("decode") or {}).get(dtype)
     if not params or not prefill or not decode:
         return None
-    fp32 = (gflops.get("prefill") or {}).get("float32")
+    fp32 = prefill_row.get("float32")
     return Rates(MODEL_EFFICIENCY * prefill, MODEL_EFFICIENCY * decode, params, DECODE_STEP_S,
                  MODEL_EFFICIENCY * fp32 if fp32 and dtype != "float32" else None)
 
@@ -118,8 +119,10 @@ def quantize_s(recipe, quantizer, rates: Rates) -> float:
 
 
 def ppl_tokens(recipe) -> int:
+    from pipelines.recipes.models import DEFAULT_PPL_SEQ_LEN, perplexity_seq_len
+
     ppl = recipe.perplexity
-    seq_len = ppl.seq_len or min(2048, recipe.model.max_context or 2048)
+    seq_len = perplexity_seq_len(ppl.seq_len, recipe.model.max_context or DEFAULT_PPL_SEQ_LEN)
     total = 0
     for dataset in ppl.datasets:
         windows = DATASET_TOKENS.get(dataset, 300_000) // seq_len
@@ -133,6 +136,8 @@ def task_limit(recipe, name: str) -> int | None:
 
 
 def evaluate_compute_s(recipe, rates: Rates, *, is_baseline: bool) -> float:
+    """Perplexity (fidelity's comparison and the baseline's reference ride on its pass; the
+    baseline adds one pass in a second precision for the noise floor), then the tasks."""
     tokens = ppl_tokens(recipe)
     seconds = rates.prefill_s(tokens)
     fidelity = recipe.perplexity.fidelity

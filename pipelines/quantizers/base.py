@@ -95,6 +95,8 @@ class Quantizer:
     # The dtypes the library's quantize step (calibration and packing) accepts (None: any). Where the
     # sweep's is not one of them, the scheme quantizes in the storage dtype (else the first listed)
     # and records why; its checkpoint is still loaded, evaluated and served in the sweep's dtype.
+    quantize_dtypes: ClassVar[tuple[str, ...] | None] = None
+    quantize_dtypes_reason: ClassVar[str] = ""
     # For `qeval plan`'s time estimate (pipelines.execution.estimate): the time of this scheme's
     # layers relative to dense ones in the compute dtype, for prefill-like work and for decoding,
     # and its calibration's cost (fixed seconds at the embedded model's size, and forward passes
@@ -103,8 +105,6 @@ class Quantizer:
     decode_cost: ClassVar[float] = 1.0
     calibration_fixed_s: ClassVar[float] = 0.0
     calibration_passes: ClassVar[float] = 0.0
-    quantize_dtypes: ClassVar[tuple[str, ...] | None] = None
-    quantize_dtypes_reason: ClassVar[str] = ""
 
     def emulated_on(self, device: str, checkpoint_format: str | None = None) -> bool:
         """True where ``device`` runs a dequantized stand-in of the scheme's real kernel.
