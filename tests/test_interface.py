@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -81,7 +82,9 @@ def test_first_lines_say_what_the_sweep_will_do_and_last_lines_what_it_means(use
     for part in (f"model {user_sweep['model']}", "suite my_suite", "baseline, my-fp8", "data:", "runs:",
                  str(user_sweep["runs"] / user_sweep["model"]), "tracking:  off (--no-track)"):
         assert part in head, out[:2000]
-    assert "unknown (8 stages to run" in out  # nothing ran before on this runs root
+    # Nothing ran before on this runs root, so every stage is estimated from the compute probe.
+    estimated = out[len(head):].split("\n")[0]
+    assert re.fullmatch(r"estimated: about \d+ (s|min) \(8 stages to run\)", estimated), estimated
     tail = out.strip().splitlines()[-3:]
     assert any(line.startswith(f"exit code {user_sweep['proc'].returncode}: ") for line in tail), tail
     assert any("signoff.html" in line for line in tail), tail
