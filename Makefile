@@ -28,14 +28,14 @@ PROFILE ?=
 QUIET ?=
 RAY ?=
 TEST_ARGS ?=
-# What the CLI already has, as make variables (issue 15).
+# What the CLI already has, as make variables.
 SET ?=
 DATA_DIR ?=
 EXPERIMENT ?=
 NO_TRACK ?=
 DEVICE ?=
 SWEEP ?=
-# The serve stage (issue 12): a running server to load instead of starting one; the machine's price.
+# The serve stage: a running server to load instead of starting one; the machine's price.
 ENDPOINT ?=
 HARDWARE ?=
 

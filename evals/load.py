@@ -6,7 +6,7 @@ fixed number of concurrent streams and reports per-request timings. qeval runs o
 benchmark per level, in this process, so that it can stop the sweep as soon as the server is
 over-saturated (GuideLLM's own `over_saturation` constraint stops a level, not the sweep).
 
-Loopback traffic never goes through a proxy (issue 28, item 14): before GuideLLM starts, this
+Loopback traffic never goes through a proxy: before GuideLLM starts, this
 process's NO_PROXY/no_proxy gain 127.0.0.1, localhost and ::1 (GuideLLM's httpx client, and the
 worker process it forks, read them), and the warm-up requests to a loopback server use a
 session that ignores HTTP(S)_PROXY. A remote ``--endpoint`` still goes through the user's proxy.

@@ -1,4 +1,4 @@
-"""Issue 28, item 17: a sweep of the baseline alone is a normal use (e.g. to check a new task).
+"""A sweep of the baseline alone is a normal use (e.g. to check a new task).
 
 A real sweep of the tiny Llama with ``--schemes baseline`` runs every stage, finishes, and
 exits 0 with a sign-off that says there was nothing to sign off, not 4 (INCOMPLETE). A baseline

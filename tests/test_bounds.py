@@ -1,4 +1,4 @@
-"""Issue 28, item 12: gate thresholds are finite and serve values are bounded, refused at planning.
+"""Gate thresholds are finite and serve values are bounded, refused at planning.
 
 ``ppl_max_rel_increase: .inf`` used to pass every scheme, and ``serve.levels: [1, 1000000]``
 became ``llama-server --parallel 1000000``. Both are bad input now: exit 2 from ``qeval plan``

@@ -73,6 +73,7 @@ def test_an_unexpected_error_is_a_crash_not_a_verdict(capsys, runs, tiny_llama_d
     assert err.strip().splitlines()[-1].startswith("qeval: crash: KeyError")
 
 
+@pytest.mark.slow  # real worker processes
 def test_stage_command_keeps_the_sweep_and_a_failed_stage_makes_the_sweep_incomplete(capsys, runs, tiny_llama_dir):
     from pipelines.execution.plan import SweepOptions, plan, write_plan
 

@@ -410,7 +410,7 @@ def test_default_perplexity_threshold_covers_every_measured_dataset():
     assert g.Gates().perplexity_thresholds(["wikitext2", "c4"]) == {"c4": 0.03, "wikitext2": 0.03}
 
 
-# --- cost gates relative to the baseline (issue 10, item 1) -----------------------------------
+# --- cost gates relative to the baseline -----------------------------------
 
 REL_GATES = {
     "ppl_max_rel_increase": None, "acc_min_recovery": None, "acc_min_recovery_avg": None,
@@ -475,7 +475,7 @@ def test_a_model_overrides_a_relative_gate_keeping_the_suite_batch_size():
     assert merged.min_decode_rel == g.BatchThreshold(bs=1, value=0.8) and merged.max_weights_rel is None
 
 
-# --- examples needed, capped at the dataset's size (issue 10, item 9) -------------------------
+# --- examples needed, capped at the dataset's size -------------------------
 
 
 def test_inconclusive_gate_beyond_the_dataset_says_it_cannot_be_settled(baseline):

@@ -1,4 +1,4 @@
-"""The interface a practitioner expects (issue 15): `qeval list`, `qeval plan`, your own recipe files,
+"""The interface a practitioner expects: `qeval list`, `qeval plan`, your own recipe files,
 make variables, a clear error for a model that cannot be fetched, a log for people, the first and
 last lines of a sweep. The sweep here is real: a user's suite file in a temporary folder, the tiny
 Llama, baseline + FP8 (torchao), smoke-sized settings, no tracking.

@@ -178,6 +178,7 @@ def stage_runs(runs: Path, model: str, scheme: str) -> dict[str, float]:
     return {stage: entry["started_at"] for stage, entry in manifest["stages"].items()}
 
 
+@pytest.mark.slow  # real worker processes
 def test_real_reruns_follow_the_keys(env, capsys):
     """Run the baseline for real; then only what a change affects reruns."""
     from pipelines import cli

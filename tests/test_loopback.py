@@ -1,4 +1,4 @@
-"""Issue 28, items 13 and 14: the serve stage's loopback plumbing, with real sockets and processes.
+"""The serve stage's loopback plumbing, with real sockets and processes.
 
 13. A port left in TIME_WAIT by the previous server is free (SO_REUSEADDR), and a health answer
     counts only when it comes from the started server: alive, and owner of the listening socket.

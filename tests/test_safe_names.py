@@ -1,4 +1,4 @@
-"""Issue 28, item 2: a recipe ``name:`` can never leave the runs root.
+"""A recipe ``name:`` can never leave the runs root.
 
 A user's scheme, model or suite file whose ``name:`` is ``../x`` (or any other unsafe name) is
 refused at planning, through the real planning code and the real CLI, with exit 2, a message

@@ -1,4 +1,4 @@
-"""The README's scheme table is the one rendered from the registry and recipes/schemes."""
+"""docs/schemes.md's scheme table is the one rendered from the registry and recipes/schemes."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from helpers import REPO_ROOT
 from pipelines.quantizers.catalog import END_MARKER, START_MARKER, readme_table, scheme_table
 
 
-def test_readme_holds_the_generated_scheme_table():
-    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+def test_the_scheme_docs_hold_the_generated_scheme_table():
+    readme = (REPO_ROOT / "docs" / "schemes.md").read_text(encoding="utf-8")
     found = readme_table(readme)
-    assert found is not None, f"README.md has no {START_MARKER} ... {END_MARKER} block"
+    assert found is not None, f"docs/schemes.md has no {START_MARKER} ... {END_MARKER} block"
     assert found == scheme_table(), (
-        "README.md's scheme table is out of date: replace the block between the markers with the output "
+        "docs/schemes.md's scheme table is out of date: replace the block between the markers with the output "
         "of `python -m pipelines.quantizers.catalog`"
     )
 

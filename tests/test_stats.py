@@ -183,7 +183,7 @@ def test_bad_settings_raise():
         stats.perplexity_increase_bootstrap([1.0, 2.0], [1.0, 2.0], confidence=95)
 
 
-# --- the point is the plain paired estimate; pseudo pairs only widen (issue 10, item 9) --------
+# --- the point is the plain paired estimate; pseudo pairs only widen --------
 
 
 def test_pseudo_pairs_widen_the_interval_but_never_move_it():
@@ -219,7 +219,7 @@ def test_resampling_counts_matches_resampling_indices():
     assert counts.half_width == pytest.approx(indices.half_width, rel=0.1)
 
 
-# --- examples needed to settle, capped at the dataset's size (issue 10, item 9) ---------------
+# --- examples needed to settle, capped at the dataset's size ---------------
 
 
 def test_examples_to_settle_within_the_dataset_gives_the_count():

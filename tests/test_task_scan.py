@@ -1,4 +1,4 @@
-"""Issue 28, item 16: a user task folder that holds the runs folder too.
+"""A user task folder that holds the runs folder too.
 
 The evaluate stage copies each user task YAML into ``runs/<model>/<scheme>/eval/task_defs/user/``
 (``evals.harness.render.render_tasks``, the code the stage runs). The next scan of the task

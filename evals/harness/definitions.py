@@ -5,7 +5,7 @@ where ``<dataset>`` is a name known to :mod:`evals.data`; :mod:`evals.harness.re
 replaces it for a run.
 
 A user's task folder is scanned for ``*.yaml`` as lm-eval's index does, except qeval's own
-outputs and tool folders (issue 28, item 16): the runs root (``QEVAL_RUNS_DIR``) and any run
+outputs and tool folders: the runs root (``QEVAL_RUNS_DIR``) and any run
 tree in the folder (a folder with ``sweep.json``, or ``manifest.json`` beside ``recipe.yaml``,
 whose ``eval/task_defs/`` holds copies of the tasks it ran), hidden folders (``.git``,
 ``.cache``, ``.venv``) and ``__pycache__``/``node_modules``. A name defined twice in what remains

@@ -6,10 +6,10 @@ stage killed with SIGKILL does not leave a server behind. A normal exit, an exce
 KeyboardInterrupt stop it through the context manager.
 
 The port check binds with SO_REUSEADDR, as the servers themselves do: a port left in TIME_WAIT
-by the previous server is free, one that something listens on is not (issue 28, item 13).
+by the previous server is free, one that something listens on is not.
 
 The health check is loopback traffic and never goes through HTTP(S)_PROXY (a proxy-free
-session, issue 28, item 14). A 200 counts only when it came from the started server: the
+session). A 200 counts only when it came from the started server: the
 started pid must still be alive after the answer, and, where Linux's /proc shows it, the socket
 that listens on the port must belong to the started process or one of its children (its
 process group or descendants). A listener owned by any other process is an EngineStartError

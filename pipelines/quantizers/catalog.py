@@ -1,6 +1,6 @@
-"""The README's scheme table, rendered from the registry and recipes/schemes.
+"""The scheme table of docs/schemes.md, rendered from the registry and recipes/schemes.
 
-A test checks that README.md holds exactly this table between the markers
+A test checks that docs/schemes.md holds exactly this table between the markers
 below, so a new scheme (module, registry line, YAML) shows up by regenerating
 it: ``python -m pipelines.quantizers.catalog``.
 """

@@ -37,7 +37,7 @@ class Strict(BaseModel):
 
 
 def _check_recipe_name(name: str) -> str:
-    """A model, scheme or suite name names a folder under the runs root: a safe name only (issue 28.2)."""
+    """A model, scheme or suite name names a folder under the runs root: a safe name only."""
     problem = name_problem(name)
     if problem:
         raise ValueError(f"{problem}. It names a folder under the runs directory: set `name:` to a safe one, "

@@ -3,7 +3,7 @@
 Kept beside schema.py (which imports them) so the serve settings live in one place. Unknown
 keys and non-positive values are errors at planning, like every recipe section.
 
-Serve values are bounded (issue 28, item 12): every number of seconds and every ratio must be
+Serve values are bounded: every number of seconds and every ratio must be
 finite, and a load level is at most ``MAX_LEVEL`` concurrent streams (it becomes, e.g.,
 ``llama-server --parallel N``: a million slots is an out-of-memory kill, not a measurement).
 Request counts are capped at ``MAX_REQUESTS_PER_LEVEL``, token counts (prompt, output, KV cache,

@@ -51,7 +51,7 @@ def register(kind: str, name: str) -> str:
         raise QevalError(f"{path}: not valid YAML ({exc}). Fix the file's syntax.") from exc
     recipe_name = str(data.get("name") or path.stem) if isinstance(data, dict) else path.stem
     problem = name_problem(recipe_name)
-    if problem:  # the name becomes runs/<model>/<scheme>: it must not leave the runs root (issue 28.2)
+    if problem:  # the name becomes runs/<model>/<scheme>: it must not leave the runs root
         where = "its `name:`" if isinstance(data, dict) and data.get("name") else "its file name (no `name:` key)"
         raise QevalError(
             f"{path}: {kind.rstrip('s')} recipe {problem}; the name comes from {where} and names a folder "

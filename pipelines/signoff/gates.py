@@ -6,7 +6,7 @@ TTFT), absolute or relative to the baseline, are plain comparisons
 (``pipelines.signoff.cost``). This module only validates and merges the
 configuration.
 
-Every threshold must be a finite number (issue 28, item 12): ``.inf`` or ``nan`` would make a
+Every threshold must be a finite number: ``.inf`` or ``nan`` would make a
 gate pass (or fail) every scheme whatever was measured, so they are refused at planning with
 the gate's name; null is the way to disable a gate.
 """

@@ -17,7 +17,7 @@ Exit codes (``pipelines.errors``), highest precedence first:
 - 3 INCONCLUSIVE: no gate failed, but some could not be decided.
 - 0 PASS: every judged scheme passed.
 - 0 NOTHING TO SIGN OFF: the sweep ran only the baseline (e.g. to check a new task) and it
-  finished: nothing failed and nothing was there to judge (issue 28, item 17). A baseline
+  finished: nothing failed and nothing was there to judge. A baseline
   that is NOT JUDGED is still 4.
 """
 

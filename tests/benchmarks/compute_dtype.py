@@ -7,7 +7,7 @@ Run from the project root (after `make setup`):
 
 1. The table: GFLOP/s of ``x @ w`` for the embedded model's shapes (prefill 512 x 576 x 1536,
    decode 1 x 576 x 1536, LM head 1 x 576 x 49152) in float32, bfloat16 and float16, at
-   ``--threads`` threads (1 by default, as in issue 21's table).
+   ``--threads`` threads (1 by default, as in the AVX2 table of docs/compute.md).
 2. The whole stage: the baseline's quantize and evaluate stages of the suite (quick by default:
    WikiText-2 perplexity with the fidelity reference and noise floor, then the tasks), once with
    ``compute_dtype: float32`` and once with ``compute_dtype: bfloat16``, each through the real CLI
