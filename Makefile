@@ -145,7 +145,7 @@ bench-eval: ## perplexity stage vs a bare batched forward pass on the same token
 	$(QEVAL) bench-eval --model $(MODEL)
 
 gpu-check: ## on a GPU machine: the default model's serve stage on vLLM (QEVAL_VLLM_COMMAND=<vllm-env>/bin/vllm)
-	@test -n "$$QEVAL_VLLM_COMMAND" || { echo "set QEVAL_VLLM_COMMAND to the vllm executable of vLLM's own environment (see README, Serving)" >&2; exit 2; }
+	@test -n "$$QEVAL_VLLM_COMMAND" || { echo "set QEVAL_VLLM_COMMAND to the vllm executable of vLLM's own environment (see docs/serving.md)" >&2; exit 2; }
 	$(BIN)/pytest -m gpu tests/test_serve_gpu.py -q -x $(TEST_ARGS)
 
 test: ## run the test suite (GPU tests skip without CUDA)

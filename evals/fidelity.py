@@ -249,7 +249,7 @@ def distribution(values: np.ndarray) -> dict[str, float]:
 
 
 def method_text(k: int | None) -> str:
-    """The exact quantity, in words, recorded in fidelity.json and repeated in the README."""
+    """The exact quantity, in words, recorded in fidelity.json and repeated in docs/fidelity.md."""
     if k is None:
         return "exact full-vocabulary KL (baseline rows stored in full, float32)"
     return (f"KL over {k + 1} buckets: the baseline's top-{k} tokens and one bucket for every other token. "

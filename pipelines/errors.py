@@ -1,6 +1,6 @@
 """Errors that the CLI turns into a clear message, and the exit codes a release script relies on."""
 
-# Exit codes of `qeval run`, `qeval signoff` and the stage commands (the README has the table).
+# Exit codes of `qeval run`, `qeval signoff` and the stage commands (docs/signoff.md has the table).
 EXIT_PASS = 0  # every judged scheme passed every gate
 EXIT_FAIL = 1  # a scheme failed a gate
 EXIT_BAD_INPUT = 2  # the request must change: unknown name, bad recipe value, missing file or extra

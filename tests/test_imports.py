@@ -13,7 +13,7 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-# Low to high (COMMON.md / the README's architecture section). A module imports only from its
+# Low to high (docs/architecture.md). A module imports only from its
 # own rank or a lower one. The most specific prefix wins.
 RANKS: dict[str, int] = {
     "pipelines.errors": 0, "pipelines.environment": 0, "pipelines.logconfig": 0,
@@ -98,7 +98,7 @@ def project_edges(graph) -> dict[str, set[str]]:
 
 def test_every_module_has_a_rank(graph):
     unranked = sorted(name for name in graph if rank(name) is None)
-    assert not unranked, f"give these modules a layer in RANKS (and the README's architecture): {unranked}"
+    assert not unranked, f"give these modules a layer in RANKS (and docs/architecture.md): {unranked}"
 
 
 def test_no_import_goes_up_the_layers(graph):

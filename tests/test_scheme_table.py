@@ -5,12 +5,12 @@ from __future__ import annotations
 import yaml
 from helpers import REPO_ROOT
 
-from pipelines.quantizers.catalog import END_MARKER, START_MARKER, readme_table, scheme_table
+from pipelines.quantizers.catalog import END_MARKER, START_MARKER, marked_table, scheme_table
 
 
 def test_the_scheme_docs_hold_the_generated_scheme_table():
-    readme = (REPO_ROOT / "docs" / "schemes.md").read_text(encoding="utf-8")
-    found = readme_table(readme)
+    page = (REPO_ROOT / "docs" / "schemes.md").read_text(encoding="utf-8")
+    found = marked_table(page)
     assert found is not None, f"docs/schemes.md has no {START_MARKER} ... {END_MARKER} block"
     assert found == scheme_table(), (
         "docs/schemes.md's scheme table is out of date: replace the block between the markers with the output "

@@ -1,7 +1,7 @@
 """`transformers serve`: the in-stack CPU engine for the Hugging Face-format checkpoints.
 
 Which checkpoint formats it serves on CPU was found by starting it on each scheme's checkpoint of
-the embedded model (README, "Serving"): dense, GPTQ, AWQ-GEMM, bitsandbytes (int8, nf4) and
+the embedded model (docs/serving.md): dense, GPTQ, AWQ-GEMM, bitsandbytes (int8, nf4) and
 torchao (fp8) load and answer. Formats not tried (compressed-tensors) are recorded as skipped
 with the reason until someone checks them.
 """

@@ -71,7 +71,7 @@ class Quantizer:
     # file; the stages evaluate and benchmark it through pipelines.llamacpp's build).
     engine: ClassVar[str] = "transformers"
     ParamsModel: ClassVar[type[Params]] = Params
-    # Checkpoint format written (the README's scheme table shows it).
+    # Checkpoint format written (the scheme table of docs/schemes.md shows it).
     format: ClassVar[str] = "dense"
     # Weight bits of the stored layers; None where not fixed by the class (see weight_bits).
     bits: ClassVar[int | None] = None

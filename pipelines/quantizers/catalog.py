@@ -44,12 +44,12 @@ def scheme_table() -> str:
     return "\n".join(lines) + "\n"
 
 
-def readme_table(readme_text: str) -> str | None:
-    """The block between the markers in ``readme_text`` (markers included), or None if absent."""
-    start, end = readme_text.find(START_MARKER), readme_text.find(END_MARKER)
+def marked_table(text: str) -> str | None:
+    """The block between the markers in ``text`` (markers included), or None if absent."""
+    start, end = text.find(START_MARKER), text.find(END_MARKER)
     if start < 0 or end < start:
         return None
-    return readme_text[start : end + len(END_MARKER)] + "\n"
+    return text[start : end + len(END_MARKER)] + "\n"
 
 
 if __name__ == "__main__":

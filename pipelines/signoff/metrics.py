@@ -4,7 +4,7 @@ Every number the pipeline reports under a name is read from the files the
 stages wrote, through their dataclasses in ``evals.results``, so MLflow, the
 compare table, the plots and the sign-off report all agree. A missing file
 means the metrics it would give are absent, never zero. The names below are a
-public interface: the README reproduces this table, dashboards and notebooks
+public interface: docs/mlflow.md reproduces this table, dashboards and notebooks
 filter on them.
 
 ``<dataset>`` is a perplexity dataset key of ``eval/perplexity.json``
@@ -33,7 +33,7 @@ BASELINE_SCHEME = "baseline"
 GIB = 1024**3
 SHAPE = "bs<N>.p<P>.g<G>"
 
-# name pattern -> (source file, meaning). The README reproduces this table.
+# name pattern -> (source file, meaning). docs/mlflow.md reproduces this table.
 METRIC_NAMES: dict[str, tuple[str, str]] = {
     "ppl.<dataset>": ("eval/perplexity.json", "token-level perplexity (protocol, seq_len and stride are params)"),
     "word_ppl.<dataset>": ("eval/perplexity.json", "word-level perplexity"),
@@ -78,7 +78,7 @@ TASK_FIELDS = ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr")
 
 
 def metric_table_markdown() -> str:
-    """Render METRIC_NAMES as a Markdown table (for the README)."""
+    """Render METRIC_NAMES as a Markdown table (for docs/mlflow.md)."""
     lines = ["| metric | from | meaning |", "|---|---|---|"]
     lines += [f"| `{name}` | {src} | {meaning} |" for name, (src, meaning) in METRIC_NAMES.items()]
     return "\n".join(lines)

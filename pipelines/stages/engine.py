@@ -57,7 +57,7 @@ def benchmark_engine(ctx: StageContext, quantizer: Quantizer):
     """bench/speed.json and bench/memory.json of a GGUF, measured by llama-bench.
 
     The baseline's numbers come from qeval's transformers benchmark: a GGUF scheme's cost
-    relative to it crosses engines (the README says so wherever they are compared).
+    relative to it crosses engines (docs/ says so wherever they are compared).
     """
     from evals.llamacpp_bench import gguf_facts, measure
     from evals.results import MemoryResult, SpeedResult
