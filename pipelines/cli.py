@@ -89,7 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     so = sub.add_parser("signoff", help="rerun only the sign-off from existing results")
     so.add_argument("--model", default=os.environ.get("MODEL") or "smollm2-135m")
-    so.add_argument("--scheme", type=_csv, help="judge only these schemes")
+    so.add_argument("--scheme", type=_csv,
+                    help="judge only these schemes (written to signoff-only-<schemes>.*, not tracked)")
+    so.add_argument("--experiment", help="MLflow experiment (default: the sweep's own)")
+    so.add_argument("--no-track", action="store_true", help="skip MLflow logging")
 
     tr = sub.add_parser("track", help="log a model's finished sweep to MLflow")
     tr.add_argument("--model", default=os.environ.get("MODEL") or "smollm2-135m")
@@ -226,11 +229,17 @@ def cmd_signoff(args) -> int:
             raise QevalError(f"scheme(s) {', '.join(unknown)} not in the sweep of {model}: {', '.join(schemes)}")
     result = signoff.run(model, schemes, only=args.scheme)
     print(signoff_table(result))
-    print(f"report: {model_dir(model) / 'signoff.html'}")
-    from pipelines import tracking
+    print(f"report: {model_dir(model) / signoff.report_stem(args.scheme)}.html")
+    if args.scheme:  # a subset's verdict is not the sweep's: MLflow keeps the sweep's
+        print("not tracked: a sign-off of some schemes only (MLflow keeps the whole sweep's verdict)")
+    elif not args.no_track:
+        from pipelines import tracking
 
-    # Re-logging the sweep uploads the new report and verdict tags to the same runs.
-    tracking.track_sweep(model, schemes)
+        # Re-logging the sweep uploads the new report and verdict tags to the same runs,
+        # in the experiment the sweep was tracked in unless one is named.
+        out = tracking.track_sweep(model, schemes, experiment=args.experiment)
+        if not out["synced"]:
+            print("MLflow was not reachable: run `qeval sync` later")
     return result["exit_code"]
 
 
@@ -332,8 +341,15 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)  # a bad argument exits 2 here, which is bad input
     configure_logging(getattr(args, "quiet", False))
+    try:
+        return _run_command(args)
+    except (Exception, SystemExit) as exc:  # SystemExit: a library's sys.exit is no verdict either
+        return _error_exit_code(exc)
+
+
+def _run_command(args: argparse.Namespace) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(os.cpu_count() or 1))
     # torch (here and in every worker it starts) and llama.cpp use one documented thread count;
@@ -341,18 +357,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pipelines.compute import thread_count
 
     os.environ["OMP_NUM_THREADS"] = str(thread_count())
-    from pipelines.stages.common import BAD_INPUT_ERRORS
+    return COMMANDS[args.command](args)
 
+
+def _error_exit_code(exc: BaseException) -> int:
+    """Bad input exits 2 with its message; anything else, an import that fails included, is a
+    crash (5): never 0, 1 or 3, which a release process reads as a verdict."""
     try:
-        return COMMANDS[args.command](args)
-    except BAD_INPUT_ERRORS as exc:
+        from pipelines.stages.common import BAD_INPUT_ERRORS
+    except Exception:  # qeval itself cannot be imported: that is the crash to report
+        BAD_INPUT_ERRORS = ()
+    if isinstance(exc, BAD_INPUT_ERRORS):
         print(f"qeval: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except Exception as exc:  # a bug in qeval or a library: not a verdict, never exit 0/1/3
-        traceback.print_exc()
-        print(f"qeval: crash: {type(exc).__name__}: {exc} (an unexpected error, not a verdict; "
-              f"exit code {EXIT_CRASH}; results written so far are kept)", file=sys.stderr)
-        return EXIT_CRASH
+    traceback.print_exception(exc)
+    what = f"SystemExit({exc.code!r}) from a library" if isinstance(exc, SystemExit) else type(exc).__name__
+    print(f"qeval: crash: {what}: {exc} (an unexpected error, not a verdict; "
+          f"exit code {EXIT_CRASH}; results written so far are kept)", file=sys.stderr)
+    return EXIT_CRASH
 
 
 if __name__ == "__main__":

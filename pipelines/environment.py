@@ -25,6 +25,10 @@ TRACKED_DISTRIBUTIONS = (
     "lm_eval",
     "datasets",
     "mlflow",
+    # tokenization, the checkpoint files and the arrays every metric is computed on
+    "tokenizers",
+    "safetensors",
+    "numpy",
 )
 
 

@@ -56,3 +56,51 @@ def test_the_verdict_of_a_baseline_alone(baseline):
     failed = signoff(None, [], Gates(), not_judged={"baseline": "benchmark: failed"})
     assert (failed["overall"], failed["exit_code"]) == ("INCOMPLETE", EXIT_INCOMPLETE)
     assert failed["not_judged"] == {"baseline": "benchmark: failed"}
+
+
+@pytest.fixture
+def tracking_server_answering_401(monkeypatch):
+    """An MLflow URL behind an auth proxy that refuses every request with HTTP 401."""
+    import http.server
+    import threading
+
+    class Refuse(http.server.BaseHTTPRequestHandler):
+        def _refuse(self):
+            body = b'{"error_code": "UNAUTHENTICATED", "message": "credentials required"}'
+            self.send_response(401)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = do_PATCH = do_DELETE = _refuse
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{server.server_address[1]}")
+    yield
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.slow  # two real sweeps
+def test_an_mlflow_error_costs_no_model_its_sign_off_or_its_exit_code(runs, tiny_llama_dir, tmp_path, capsys,
+                                                                      tracking_server_answering_401):
+    """MODEL=a,b with an MLflow that answers 401: both models are signed off, the exit code is the
+    verdicts' (before, the first model's tracking error was a crash, exit 5, and b had no sign-off)."""
+    import shutil
+
+    other = tmp_path / "tiny-b"
+    shutil.copytree(tiny_llama_dir, other)
+    code = cli.main(["run", "--quiet", "--model", f"{tiny_llama_dir},{other}", "--schemes", "baseline",
+                     "--suite", "smoke", "--tasks", "", *SMALL])
+    out = capsys.readouterr()
+    assert code == EXIT_PASS, out.out + out.err[-3000:]
+    for name in (tiny_llama_dir.name, other.name):
+        assert json.loads((runs / name / "signoff.json").read_text())["overall"] == NOTHING_TO_SIGN_OFF
+        assert json.loads((runs / name / "sweep.json").read_text())["mlflow"]["synced"] is False  # for qeval sync
+    assert out.out.count("MLflow error, not an outage") == 2 and "qeval sync" in out.out

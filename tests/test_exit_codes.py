@@ -73,6 +73,26 @@ def test_an_unexpected_error_is_a_crash_not_a_verdict(capsys, runs, tiny_llama_d
     assert err.strip().splitlines()[-1].startswith("qeval: crash: KeyError")
 
 
+def test_an_import_that_fails_is_a_crash_not_a_fail_verdict():
+    """The thread setup's import once ran outside the try: Python's own exit 1 read as FAIL."""
+    probe = ("import sys; sys.modules['pipelines.compute'] = None; from pipelines.cli import main; "
+             "raise SystemExit(main(['list', 'suites']))")
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == EXIT_CRASH, proc.stderr[-2000:]
+    assert "qeval: crash: ModuleNotFoundError" in proc.stderr
+
+
+def test_a_librarys_sys_exit_is_a_crash_not_a_verdict(capsys, monkeypatch):
+    from pipelines import catalog
+
+    def exits(*args, **kwargs):  # a library that calls sys.exit(1) (fault injection at the edge)
+        sys.exit(1)
+
+    monkeypatch.setattr(catalog, "rows_for", exits)
+    assert cli.main(["list", "suites"]) == EXIT_CRASH
+    assert "qeval: crash: SystemExit(1) from a library" in capsys.readouterr().err
+
+
 @pytest.mark.slow  # real worker processes
 def test_stage_command_keeps_the_sweep_and_a_failed_stage_makes_the_sweep_incomplete(capsys, runs, tiny_llama_dir):
     from pipelines.execution.plan import SweepOptions, plan, write_plan

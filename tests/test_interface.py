@@ -222,6 +222,9 @@ def test_estimates_come_from_the_probe_and_grow_with_the_model(user_sweep, monke
     pv = preview(SweepOptions(model=str(bigger), suite=str(tight), track=False, force=True))
     assert pv.budget_min == 0.1
     assert any(n.startswith("WARNING: about") and "over suite tight's budget of 0.1 min" in n for n in pv.notes)
+    # The total is the stages' estimates plus the sweep's own time (plan, workers, sign-off, MLflow).
+    stages_s = sum(s.estimate_s for sp in pv.schemes for s in sp.stages if s.will_run)
+    assert pv.estimate()[0] == pytest.approx(stages_s + estimate.sweep_overhead_s(len(pv.schemes)))
 
     monkeypatch.setattr(estimate, "rates_of", lambda recipe, params: None)
     stage = evaluate_stage(bigger)

@@ -284,7 +284,7 @@ def test_sync_uploads_only_unsynced_sweeps(store):
 def test_write_sweep_plots(store):
     from pipelines.signoff.metrics import sweep_rows
 
-    paths = write_sweep_plots(model_dir(MODEL), sweep_rows(MODEL, SCHEMES))
+    paths = write_sweep_plots(model_dir(MODEL) / "plots", sweep_rows(MODEL, SCHEMES))
     assert set(paths) == {"ppl_vs_weights", "acc_vs_decode", "recovery"}
     for path in paths.values():
         assert path.parent == model_dir(MODEL) / "plots"

@@ -26,6 +26,7 @@ pytestmark = pytest.mark.slow  # a real baseline sweep of the tiny model: about 
 
 MODEL = "tiny-real"
 PROMPT_LENS = (16, 24)
+SCHEMES = ("baseline", "int8")
 
 
 @pytest.fixture(scope="module")
@@ -38,12 +39,13 @@ def real_tree(tmp_path_factory, tiny_llama_dir) -> Path:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(recipe_resolve, "RECIPES_DIR", root / "recipes")
         mp.setenv("QEVAL_RUNS_DIR", str(root / "runs"))
-        opts = SweepOptions(model=MODEL, schemes=["baseline"], suite="smoke", limit=4, quiet=True, track=False,
+        opts = SweepOptions(model=MODEL, schemes=list(SCHEMES), suite="smoke", limit=4, quiet=True, track=False,
                             overrides={"benchmark": {"batch_sizes": [1], "prompt_lens": list(PROMPT_LENS),
                                                      "gen_lens": [4], "iters": 1, "warmup": 0}})
         p = plan(opts)
         write_plan(p, opts)
-        assert run_stages_in_process(MODEL, "baseline", ("quantize", "evaluate", "benchmark"), quiet=True) == WORKER_OK
+        for scheme in SCHEMES:
+            assert run_stages_in_process(MODEL, scheme, ("quantize", "evaluate", "benchmark"), quiet=True) == WORKER_OK
     return root
 
 
@@ -69,9 +71,46 @@ def test_real_result_files_give_every_metric_family_and_both_shapes(real_runs):
 
 
 def test_real_sweep_compares_the_same_from_mlflow_and_from_the_runs(real_runs):
-    assert tracking.track_sweep(MODEL, ["baseline"])["synced"]
+    assert tracking.track_sweep(MODEL, list(SCHEMES))["synced"]
     from_mlflow, source = tracking.compare(MODEL)
     assert source.startswith("source: MLflow")
     from_runs, _ = tracking.compare(MODEL, from_runs=True)
     strip = [{k: v for k, v in row.items() if k != "run_id"} for row in from_mlflow]
     assert tracking.format_table(from_runs) == tracking.format_table(strip)
+
+
+def test_signoff_tracks_into_the_sweeps_experiment_and_a_subset_never_replaces_the_sweeps_verdict(
+        real_runs, capsys, monkeypatch):
+    """`qeval signoff` once rebuilt the sweep in the default experiment, `--scheme` overwrote the
+    sweep's signoff.json and MLflow tag with the subset's verdict, and `--no-track` was missing."""
+    import json
+
+    from mlflow import MlflowClient
+
+    from pipelines import cli
+    from pipelines.rundir import model_dir
+    from pipelines.tracking.sweep import PARENT_TAG
+
+    mdir = model_dir(MODEL)
+    assert tracking.track_sweep(MODEL, list(SCHEMES), experiment="my-experiment")["synced"]
+    cli.main(["signoff", "--model", MODEL])
+    client = MlflowClient(tracking_uri=tracking.tracking_uri())  # this test's store, not a global one
+    assert client.get_experiment_by_name(tracking.experiment_name(MODEL)) is None  # not the default one
+    mine = client.get_experiment_by_name("my-experiment")
+    runs = client.search_runs([mine.experiment_id])
+    assert len(runs) == 1 + len(SCHEMES)  # the same runs, updated
+    sweep_file = (mdir / "signoff.json").read_bytes()
+    parent = next(r for r in runs if PARENT_TAG not in r.data.tags)
+
+    cli.main(["signoff", "--model", MODEL, "--scheme", "int8"])
+    assert "not tracked: a sign-off of some schemes only" in capsys.readouterr().out
+    assert (mdir / "signoff.json").read_bytes() == sweep_file
+    subset = json.loads((mdir / "signoff-only-int8.json").read_text())
+    assert subset["subset_of"] == ["int8"] and "int8" in subset["verdicts"]
+    assert (mdir / "signoff-only-int8.html").is_file()
+    assert client.get_run(parent.info.run_id).data.tags == parent.data.tags
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens: any use would warn
+    cli.main(["signoff", "--model", MODEL, "--no-track"])
+    assert "not reachable" not in capsys.readouterr().out
+    assert json.loads((mdir / "sweep.json").read_text())["mlflow"]["synced"] is True

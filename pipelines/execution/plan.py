@@ -119,7 +119,9 @@ def plan(opts: SweepOptions) -> Plan:
     from pipelines.stages import quantize
 
     model = resolve_model(opts.model)
-    check_model_reachable(model)  # no network, gated, unknown id, bad path: exit 2 before any work
+    commit = check_model_reachable(model)  # no network, gated, unknown id, bad path: exit 2 before any work
+    if commit and commit != model.revision:  # pinned: a branch that moves mid-sweep changes nothing
+        model = model.model_copy(update={"revision": commit, "requested_revision": model.revision or "main"})
     suite = suite_with_overrides(cfg.load_suite(opts.suite or model.default_suite), opts)
     schemes = expand_schemes(opts.schemes or suite.schemes)
     if "baseline" not in schemes:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipelines.execution import estimate as timing
 from pipelines.execution.plan import PER_SCHEME_STAGES, Plan, SweepOptions, plan
 from pipelines.rundir import Manifest, runs_root, scheme_dir
 from pipelines.stages.common import StageContext
@@ -66,9 +67,12 @@ class SweepPreview:
     budget_min: float | None = None
 
     def estimate(self) -> tuple[float, int]:
-        """Seconds of the stages that will run and have an estimate; how many have none."""
+        """Seconds of the stages that will run and have an estimate, plus the sweep's own
+        overhead; how many stages have no estimate."""
         runs = [s for sp in self.schemes for s in sp.stages if s.will_run]
-        return sum(s.estimate_s or 0.0 for s in runs), sum(s.estimate_s is None for s in runs)
+        schemes_to_run = sum(any(s.will_run for s in sp.stages) for sp in self.schemes)
+        return (sum(s.estimate_s or 0.0 for s in runs) + timing.sweep_overhead_s(schemes_to_run),
+                sum(s.estimate_s is None for s in runs))
 
 
 # ----------------------------------------------------------------------------- building
@@ -80,7 +84,6 @@ def preview(opts: SweepOptions) -> SweepPreview:
 
 
 def preview_plan(p: Plan, opts: SweepOptions) -> SweepPreview:
-    from pipelines.execution.estimate import rates_of, stage_seconds
     from pipelines.quantizers import get_quantizer
 
     history = StageHistory(runs_root())
@@ -95,13 +98,13 @@ def preview_plan(p: Plan, opts: SweepOptions) -> SweepPreview:
             continue
         ctx = StageContext(p.model, scheme, recipe, sdir, force=opts.force, profile=opts.profile)
         stages = stage_plans(ctx, force=opts.force)
-        rates = rates_of(recipe, params)
+        rates = timing.rates_of(recipe, params)
         quantizer = get_quantizer(recipe.scheme.quantizer)
         for st in stages:
             if not st.will_run:
                 continue
             if rates is not None and quantizer.engine == "transformers":  # llama.cpp has no torch probe
-                st.estimate_s = stage_seconds(st.stage, recipe, quantizer, rates, is_baseline=scheme == "baseline")
+                st.estimate_s = timing.stage_seconds(st.stage, recipe, quantizer, rates, is_baseline=scheme == "baseline")
                 st.estimate_from = "probe"
             else:
                 st.estimate_s, st.estimate_from = history.estimate(p.model, scheme, st.stage, params)

@@ -101,7 +101,12 @@ def run_sweeps(options: list[SweepOptions], announce: Callable[[str], None] | No
         codes = run_ray(jobs, **flags)
     else:
         codes = run_local(jobs, **flags)
-    return [finish_sweep(p, opts, codes, time.perf_counter() - start) for p, opts in zip(plans, options, strict=True)]
+    # Every model is signed off before any is tracked: an MLflow error cannot cost a verdict.
+    results = [finish_sweep(p, opts, codes, time.perf_counter() - start) for p, opts in zip(plans, options, strict=True)]
+    for result, opts in zip(results, options, strict=True):
+        if opts.track:
+            track_result(result, opts)
+    return results
 
 
 # Which code wins when a run has several: a crash, then bad input, then an unfinished sweep,
@@ -138,14 +143,6 @@ def finish_sweep(p, opts: SweepOptions, codes: dict, wall_s: float) -> SweepResu
     except QevalError as exc:  # no baseline results, most likely; report it, keep every result
         notes.append(f"sign-off not possible: {exc}")
     update_json(model_dir(p.model) / "sweep.json", lambda sweep: sweep.update(finished_at=time.time()))
-    tracking = None
-    if opts.track:
-        from pipelines import tracking as tracking_mod
-
-        tracking = tracking_mod.track_sweep(p.model, schemes, experiment=opts.experiment,
-                                            log_checkpoint=opts.log_checkpoint)
-        if not tracking.get("synced", False):
-            notes.append("MLflow was not reachable: results are kept in the run directories; run `qeval sync` later")
     notes.append(f"results: {model_dir(p.model)}")
     codes_here = [signoff_code]
     # A scheme the user named that cannot run here, or a worker that rejected its input, is bad
@@ -157,7 +154,26 @@ def finish_sweep(p, opts: SweepOptions, codes: dict, wall_s: float) -> SweepResu
         codes_here.append(EXIT_INCOMPLETE)
         notes.append(f"the sweep did not finish: {len(failed)} scheme(s) failed (exit code {EXIT_INCOMPLETE})")
     exit_code = worst_exit_code(codes_here)
-    return SweepResult(p.model, schemes, model_codes, result, tracking, wall_s, exit_code, notes)
+    return SweepResult(p.model, schemes, model_codes, result, None, wall_s, exit_code, notes)
+
+
+def track_result(result: SweepResult, opts: SweepOptions) -> None:
+    """Log a signed-off sweep to MLflow. An outage or an MLflow error (a locked sqlite file, a
+    401) leaves the sweep marked unsynced for `qeval sync` and is reported; the sign-off and its
+    exit code stand, since every result and the report are already written."""
+    from pipelines import tracking
+
+    try:
+        result.tracking = tracking.track_sweep(result.model, result.schemes, experiment=opts.experiment,
+                                               log_checkpoint=opts.log_checkpoint)
+    except Exception as exc:
+        log.exception("%s: logging the sweep to MLflow failed", result.model)
+        result.notes.append(f"MLflow error, not an outage ({type(exc).__name__}: {exc}): the sign-off stands "
+                                "and results are kept in the run directories; fix it, then run `qeval sync`")
+        return
+    if not result.tracking.get("synced", False):
+        result.notes.append("MLflow was not reachable: results are kept in the run directories; "
+                                "run `qeval sync` later")
 
 
 def run_sweep(opts: SweepOptions) -> SweepResult:

@@ -1,7 +1,8 @@
 """Where the llama.cpp build lives, and the paths of its tools (or why they are missing).
 
 The build cache is keyed by the pinned llama-cpp-python version and a digest of the build
-flags, so a new pin or a changed flag builds beside the old one instead of reusing it.
+flags and of the CPU extensions it was compiled for, so a new pin, a changed flag or another
+CPU builds beside the old one instead of reusing it.
 """
 
 from __future__ import annotations
@@ -38,8 +39,33 @@ def cache_root() -> Path:
     return cache_dir() / "llama.cpp"
 
 
+# The x86 extensions ggml's native build compiles for (GGML_NATIVE=ON: -march=native).
+_GGML_X86_FLAGS = ("pni", "ssse3", "sse4_1", "sse4_2", "avx", "avx2", "fma", "f16c", "bmi2", "avx_vnni",
+                   "avx512f", "avx512bw", "avx512vl", "avx512vbmi", "avx512_vnni", "avx512_bf16",
+                   "amx_tile", "amx_int8", "amx_bf16")
+
+
+def cpu_build_features() -> list[str]:
+    """The CPU extensions a native build depends on: on x86 those ggml compiles for, elsewhere
+    every feature the kernel lists. A build cache copied to a CPU without them would die of SIGILL,
+    so they are part of the build's name."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith(("flags", "Features")):
+                    present = set(line.split(":", 1)[1].split())
+                    break
+            else:
+                return []
+    except OSError:
+        return []
+    if platform.machine() in ("x86_64", "AMD64", "i686"):
+        return [flag for flag in _GGML_X86_FLAGS if flag in present]
+    return sorted(present)
+
+
 def build_dir_name() -> str:
-    key = json.dumps([CMAKE_FLAGS, TARGETS, platform.machine()]).encode()
+    key = json.dumps([CMAKE_FLAGS, TARGETS, platform.machine(), cpu_build_features()]).encode()
     return f"{VERSION}-{hashlib.sha256(key).hexdigest()[:12]}"
 
 

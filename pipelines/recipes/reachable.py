@@ -51,15 +51,20 @@ def cached_config(repo_id: str, revision: str | None) -> str | None:
     return found if isinstance(found, str) else None
 
 
-def check_model_reachable(recipe: ModelRecipe) -> None:
-    """Raise QevalError (exit code 2) naming the cause and the fix when the model cannot be fetched."""
+def check_model_reachable(recipe: ModelRecipe) -> str | None:
+    """Raise QevalError (exit code 2) naming the cause and the fix when the model cannot be fetched.
+
+    For a Hub model, return the commit its revision points at now (the Hub's answer, else the
+    local cache's), so that the plan pins it: every stage then loads, and keys, the same weights
+    even if the branch moves during or after the sweep.
+    """
     source = recipe.source
     if source.startswith(EMBEDDED_PREFIX):
-        return  # converted locally by `qeval prepare`
+        return None  # converted locally by `qeval prepare`
     if is_local_source(source):
         check_local_checkpoint(Path(source).expanduser(), recipe.name)
-        return
-    check_hub_model(source, recipe.revision, recipe.name)
+        return None
+    return check_hub_model(source, recipe.revision, recipe.name)
 
 
 def check_local_checkpoint(path: Path, name: str) -> None:
@@ -71,26 +76,34 @@ def check_local_checkpoint(path: Path, name: str) -> None:
                          "Point at the folder that save_pretrained wrote (it holds config.json and the weights).")
 
 
-def check_hub_model(repo_id: str, revision: str | None, name: str) -> None:
+def check_hub_model(repo_id: str, revision: str | None, name: str) -> str | None:
+    """The commit of ``revision`` (None where neither the Hub nor the cache names one)."""
     from huggingface_hub import get_hf_file_metadata, get_token, hf_hub_url
 
     cached = cached_config(repo_id, revision)
     if _truthy("HF_HUB_OFFLINE"):
         if cached:
-            return
+            return snapshot_commit(cached)
         raise QevalError(offline_message(repo_id, "HF_HUB_OFFLINE is set"))
     token = get_token()
     url = hf_hub_url(repo_id, "config.json", revision=revision, endpoint=hub_endpoint())
     try:
-        get_hf_file_metadata(url, token=token or None, timeout=HUB_TIMEOUT_S, retry_on_errors=False)
+        metadata = get_hf_file_metadata(url, token=token or None, timeout=HUB_TIMEOUT_S, retry_on_errors=False)
     except Exception as exc:
         message = classify_hub_error(exc, repo_id, revision, has_token=bool(token))
         if message is None:
             raise
         if cached and message.startswith("no network"):
             log.warning("%s: the Hub is not reachable (%s); using the cached copy", name, exc)
-            return
+            return snapshot_commit(cached)
         raise QevalError(message) from exc
+    return metadata.commit_hash
+
+
+def snapshot_commit(cached_file: str) -> str | None:
+    """The commit of a file in the Hub cache: its path is .../snapshots/<commit>/<file>."""
+    folder = Path(cached_file).parent
+    return folder.name if folder.parent.name == "snapshots" and len(folder.name) == 40 else None
 
 
 def offline_message(repo_id: str, why: str) -> str:

@@ -66,6 +66,8 @@ class ModelRecipe(Strict):
     _safe_name = field_validator("name")(_check_recipe_name)
     source: str = Field(description="Hub id, local directory, or 'embedded:smollm2-135m'")
     revision: str | None = None
+    requested_revision: str | None = Field(
+        None, description="filled at plan time: the branch or tag that `revision` was resolved from (not for recipe files)")
     dtype: DType = Field("bfloat16", description="the checkpoint's storage precision: the reference")
     compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="what the stages compute in; auto: chosen from the hardware (pipelines/compute.py)")

@@ -180,13 +180,14 @@ def plot_recovery_bars(rows: Sequence[Mapping[str, Any]], path: Path) -> Path | 
     return _save(fig, path)
 
 
-def write_sweep_plots(model_dir: Path, rows: Sequence[Mapping[str, Any]]) -> dict[str, Path]:
-    """Write the sweep's PNGs into ``<model_dir>/plots/`` and return {name: path} of those drawn.
+def write_sweep_plots(out_dir: Path, rows: Sequence[Mapping[str, Any]]) -> dict[str, Path]:
+    """Write the sweep's PNGs into ``out_dir`` (``<model_dir>/plots/`` for the sweep) and return
+    {name: path} of those drawn.
 
     Names: ``ppl_vs_weights``, ``acc_vs_decode``, ``recovery`` (a plot whose
     metrics no scheme has is skipped).
     """
-    out_dir = Path(model_dir) / PLOTS_DIRNAME
+    out_dir = Path(out_dir)
     drawn = {
         PPL_VS_WEIGHTS: plot_pareto_ppl_vs_weights(rows, out_dir / f"{PPL_VS_WEIGHTS}.png"),
         ACC_VS_DECODE: plot_pareto_acc_vs_decode(rows, out_dir / f"{ACC_VS_DECODE}.png"),

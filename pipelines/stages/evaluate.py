@@ -1,6 +1,9 @@
 """Evaluate stage: perplexity and lm-eval tasks on the reloaded checkpoint, loaded once.
 
 Writes ``eval/perplexity.json``, ``eval/fidelity.json``, ``eval/tasks.json`` and ``eval/samples/<task>.jsonl``.
+They are written into a staging folder that replaces ``eval/`` whole when the stage succeeds:
+a rerun without tasks or fidelity leaves no earlier checkpoint's tasks.json or fidelity.json
+behind for the sign-off to judge, and a failed rerun leaves the old folder as it was.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from evals.perplexity import compute_perplexity
 from evals.results import PerplexityFile, TasksResult
 from pipelines.quantizers import get_quantizer, loading
 from pipelines.recipes import models
+from pipelines.rundir.atomic import atomic_directory
 from pipelines.stages.common import StageContext, run_stage
 from pipelines.stages.fidelity import fidelity_run
 from pipelines.stages.keys import evaluate_key
@@ -21,12 +25,18 @@ from pipelines.stages.keys import evaluate_key
 log = logging.getLogger(__name__)
 
 
-
 def run(ctx: StageContext) -> str:
     return run_stage(ctx, "evaluate", evaluate_key(ctx), lambda: _evaluate(ctx))
 
 
 def _evaluate(ctx: StageContext) -> tuple[list[Path], dict]:
+    final = ctx.sdir.eval_dir
+    with atomic_directory(final) as staging:
+        written = _evaluate_into(ctx, staging)
+    return [final / path.relative_to(staging) for path in written], {}
+
+
+def _evaluate_into(ctx: StageContext, eval_dir: Path) -> list[Path]:
     recipe, device = ctx.recipe, ctx.device
     quantizer = get_quantizer(recipe.scheme.quantizer)
     data_dir = resolve_data_dir(recipe.data_dir)
@@ -65,21 +75,21 @@ def _evaluate(ctx: StageContext) -> tuple[list[Path], dict]:
         )
         results[dataset] = result
         log.info("%s/%s: ppl %s = %.3f over %d windows", ctx.model, ctx.scheme, dataset, result.ppl, result.n_windows)
-    outputs.append(PerplexityFile(results).write(ctx.sdir.eval_dir / PerplexityFile.FILE))
+    outputs.append(PerplexityFile(results).write(eval_dir / PerplexityFile.FILE))
     held.close()
     if fidelity is not None:
-        outputs += fidelity.write(ctx.sdir.eval_dir)
+        outputs += fidelity.write(eval_dir)
 
     if recipe.tasks.names:
         from evals.harness import run_tasks
 
         tasks_dir = Path(recipe.tasks.tasks_dir).expanduser() if recipe.tasks.tasks_dir else None
         run_tasks(
-            model, tokenizer, recipe.tasks.names, out_dir=ctx.sdir.eval_dir, data_dir=data_dir,
+            model, tokenizer, recipe.tasks.names, out_dir=eval_dir, data_dir=data_dir,
             tasks_dir=tasks_dir, limit=recipe.tasks.limit, batch_size=recipe.tasks.batch_size,
             generation=recipe.tasks.generation.model_dump(),
             max_length=context, show_progress=ctx.show_progress,
             pretrained=ctx.checkpoint(), tokenizer_source=ctx.base_source,
         )
-        outputs.append(ctx.sdir.eval_dir / TasksResult.FILE)
-    return outputs, {}
+        outputs.append(eval_dir / TasksResult.FILE)
+    return outputs

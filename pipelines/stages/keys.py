@@ -43,7 +43,8 @@ SIGNOFF_ONLY = ("stats.py", "fidelity_stats.py")  # the sign-off is recomputed o
 
 
 def _file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    with open(path, "rb") as handle:  # streamed: a weight shard can be several GB
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _python_files(root: Path, rel: str) -> list[Path]:
@@ -102,8 +103,27 @@ def code_digest(stage: str, quantizer: str, root: Path = PROJECT_ROOT) -> str:
 
 @cache
 def _sha256_of_version(path: Path, size: int, mtime_ns: int) -> str:
-    """A file's sha256, cached per (path, size, mtime): a file edited in place is hashed again."""
-    return _file_sha256(path)
+    """A file's sha256, cached per (path, size, mtime): a file edited in place is hashed again.
+
+    Large files (weights) are also remembered on disk, under the same identity, so that each
+    worker process does not hash a 14 GB checkpoint again to compute its keys.
+    """
+    if size < _REMEMBERED_BYTES:
+        return _file_sha256(path)
+    from pipelines.recipes.embedded import cache_dir
+    from pipelines.rundir.atomic import write_text_atomic
+
+    identity = stable_hash({"path": str(path.resolve()), "size": size, "mtime_ns": mtime_ns,
+                            "inode": path.stat().st_ino})
+    remembered = cache_dir() / "digests" / identity
+    if remembered.is_file():
+        return remembered.read_text().strip()
+    digest = _file_sha256(path)
+    write_text_atomic(remembered, digest)
+    return digest
+
+
+_REMEMBERED_BYTES = 64 * 2**20
 
 
 def data_digest(names: list[str] | set[str], data_dir: str | None) -> dict[str, str]:
@@ -209,6 +229,9 @@ def quantize_key(ctx: StageContext, threads: int | None = None) -> str:
     return stable_hash({
         **engine,
         "model": {"source": m.source, "revision": m.revision, "dtype": m.dtype, "n_gpus": m.n_gpus},
+        # the base weights by content (a local folder updated in place), or the Hub commit the
+        # plan resolved the revision to
+        "weights": checkpoint_digest(ctx.base_source, m.revision),
         "compute": compute_identity(ctx),
         "scheme": {"quantizer": s.quantizer, "params": s.params, "ignore": s.ignore, "source": s.source},
         "calibration": calibration,
@@ -245,7 +268,7 @@ def evaluate_key(ctx: StageContext, threads: int | None = None, quantize: str | 
 _CHECKPOINT_FILES = ("*.safetensors", "*.bin", "*.gguf", "config.json", "tokenizer*.json", "*.model", "*.jinja")
 
 
-def checkpoint_digest(source: str, revision: str | None = None) -> str:
+def checkpoint_digest(source: str, revision: str | None = None, patterns: tuple[str, ...] = _CHECKPOINT_FILES) -> str:
     """Content digest of a local checkpoint's weights and tokenizer; a Hub id counts by id and revision.
 
     A file in a Hugging Face cache is a link to a blob named by its content's sha256 (large
@@ -255,12 +278,20 @@ def checkpoint_digest(source: str, revision: str | None = None) -> str:
     if not root.is_dir():
         return stable_hash({"hub": source, "revision": revision})
     parts = []
-    for path in sorted({p for pattern in _CHECKPOINT_FILES for p in root.glob(pattern) if p.is_file()}):
+    for path in sorted({p for pattern in patterns for p in root.glob(pattern) if p.is_file()}):
         target = path.resolve()
         named = target.parent.name == "blobs" and len(target.name) == 64
         digest = target.name if named else _sha256_of_version(target, target.stat().st_size, target.stat().st_mtime_ns)
         parts.append((path.name, digest))
     return stable_hash(parts)
+
+
+_TOKENIZER_FILES = ("tokenizer*.json", "*.model", "vocab*", "merges.txt", "special_tokens_map.json")
+
+
+def tokenizer_digest(source: str, revision: str | None = None) -> str:
+    """Content digest of a local checkpoint's tokenizer files; a Hub id counts by id and revision."""
+    return checkpoint_digest(source, revision, patterns=_TOKENIZER_FILES)
 
 
 def reference_key(ctx: StageContext, dataset: str) -> str:
@@ -323,6 +354,7 @@ def serve_key(ctx: StageContext, threads: int | None = None, quantize: str | Non
     return stable_hash({
         "quantize": quantize or Manifest(ctx.sdir).stage("quantize").get("key"),
         "serve": r.serve.model_dump(exclude={"port"}),
+        "engine": serving_engine_identity(ctx),
         "slo": r.slo.model_dump(),
         "hardware_price": r.hardware.model_dump(),
         "guidellm": library_version_or_missing("guidellm"),  # not tracked for the other stages' keys
@@ -331,6 +363,31 @@ def serve_key(ctx: StageContext, threads: int | None = None, quantize: str | Non
         "versions": library_versions(),
         "code": code_digest("serve", r.scheme.quantizer),
     })
+
+
+def serving_engine_identity(ctx: StageContext) -> dict[str, Any]:
+    """The engine that will serve the scheme, its version where it is not one of the tracked
+    libraries (vLLM runs from its own environment), and the threads it gets."""
+    from pipelines.engines import choose_engine, cpu_threads
+    from pipelines.quantizers import get_quantizer
+
+    serve = ctx.recipe.serve
+    engine = choose_engine(serve.engine, get_quantizer(ctx.recipe.scheme.quantizer).engine, ctx.device)
+    identity: dict[str, Any] = {"name": engine, "threads": serve.threads or cpu_threads()}
+    if engine == "vllm":
+        identity["version"] = _vllm_version(serve.vllm_command)
+    return identity
+
+
+@cache
+def _vllm_version(configured: str | None) -> str:
+    from pipelines.engines import vllm
+    from pipelines.errors import UnsupportedHere
+
+    try:
+        return vllm.version(vllm.command(configured))
+    except UnsupportedHere:  # not installed: the stage records the skip; nothing is cached under it
+        return "missing"
 
 
 def stage_keys(ctx: StageContext, threads: int | None = None) -> dict[str, str]:
@@ -355,4 +412,5 @@ def calibration_cache_key(ctx: StageContext) -> str:
     """Key of the tokenized calibration set shared by a model's schemes: content, not paths."""
     cal = ctx.recipe.calibration
     return stable_hash({"model": ctx.recipe.model.source, "rev": ctx.recipe.model.revision, **cal.model_dump(),
+                        "tokenizer": tokenizer_digest(ctx.base_source, ctx.recipe.model.revision),
                         "data": data_digest({cal.dataset}, ctx.recipe.data_dir)})

@@ -86,11 +86,23 @@ def run(model: str, schemes: list[str], *, only: list[str] | None = None) -> dic
         result["fidelity"] = fidelity_summary(base_ev, [base_ev, *evidence], gates)
         from pipelines.signoff import frontier
 
-        result["ship_frontier"] = frontier.build(base_ev, evidence, result, model_dir(model) / "plots")
+        result["ship_frontier"] = frontier.build(base_ev, evidence, result, model_dir(model) / _plots_of(report_stem(only)))
     result["model"], result["generated_at"] = model, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    if only:
+        result["subset_of"] = [s for s in schemes if s != BASELINE]
     shown = [] if base_reason else list(judged)
-    write_report(model, result, base_recipe, shown, baseline_judged=not base_reason)
+    write_report(model, result, base_recipe, shown, baseline_judged=not base_reason, stem=report_stem(only))
     return result
+
+
+def report_stem(only: list[str] | None) -> str:
+    """signoff.* for the whole sweep; a subset's sign-off goes beside it, never over it, so the
+    sweep's verdict (and the MLflow tags made from it) cannot turn into a subset's PASS."""
+    return "signoff" if not only else "signoff-only-" + "+".join(sorted(set(only)))
+
+
+def _plots_of(stem: str) -> str:
+    return "plots" if stem == "signoff" else f"{stem}-plots"
 
 
 def caveats(model: str, judged: list[str], recipe: ResolvedRecipe) -> list[str]:
@@ -168,8 +180,8 @@ def protocols(model: str, recipe: ResolvedRecipe) -> dict[str, Any]:
 
 
 def write_report(model: str, result: dict, recipe: ResolvedRecipe, judged: list[str], *,
-                 baseline_judged: bool = True) -> None:
-    """Write signoff.json/md/html. Stale or failed schemes' files feed neither the text nor the plot."""
+                 baseline_judged: bool = True, stem: str = "signoff") -> None:
+    """Write <stem>.json/md/html. Stale or failed schemes' files feed neither the text nor the plot."""
     from pipelines.signoff.report import render_html, render_markdown
 
     mdir = model_dir(model)
@@ -185,15 +197,15 @@ def write_report(model: str, result: dict, recipe: ResolvedRecipe, judged: list[
         "caveats": caveats(model, judged, recipe) if baseline_judged else [],
     }
     result["caveats"] = context["caveats"]
-    pareto = _pareto_plot(model, [BASELINE, *judged]) if baseline_judged else None
-    write_json_atomic(mdir / "signoff.json", result)
-    write_text_atomic(mdir / "signoff.md", render_markdown(result, context))
-    write_text_atomic(mdir / "signoff.html", render_html(result, context, pareto))
+    pareto = _pareto_plot(mdir / _plots_of(stem), model, [BASELINE, *judged]) if baseline_judged else None
+    write_json_atomic(mdir / f"{stem}.json", result)
+    write_text_atomic(mdir / f"{stem}.md", render_markdown(result, context))
+    write_text_atomic(mdir / f"{stem}.html", render_html(result, context, pareto))
 
 
-def _pareto_plot(model: str, schemes: list[str]) -> Path | None:
+def _pareto_plot(plots: Path, model: str, schemes: list[str]) -> Path | None:
     """The perplexity-vs-weights Pareto plot of the judged schemes, drawn from their run directories."""
     from pipelines.signoff.metrics import sweep_rows
     from pipelines.signoff.plots import write_sweep_plots
 
-    return write_sweep_plots(model_dir(model), sweep_rows(model, schemes)).get("ppl_vs_weights")
+    return write_sweep_plots(plots, sweep_rows(model, schemes)).get("ppl_vs_weights")

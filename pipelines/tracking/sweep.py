@@ -9,6 +9,7 @@ the sweep finished and marked unsynced.
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -41,6 +42,7 @@ from pipelines.tracking.params import (
 )
 from pipelines.tracking.redaction import env_secrets, redact_params
 from pipelines.tracking.store import (
+    EXPERIMENT_ENV,
     SYNC_COMMAND,
     client,
     display_uri,
@@ -136,12 +138,12 @@ def _track_scheme(mlflow_client, ctx: dict[str, Any], scheme: str, baseline: Map
 
 
 def _track_parent_artifacts(mlflow_client, ctx: dict[str, Any], schemes: Sequence[str]) -> None:
-    from pipelines.signoff.plots import write_sweep_plots
+    from pipelines.signoff.plots import PLOTS_DIRNAME, write_sweep_plots
 
     model, parent_id, secrets = ctx["model"], ctx["parent_run_id"], ctx["secrets"]
     mdir = model_dir(model)
     rows = sweep_rows(model, schemes)
-    plots = write_sweep_plots(mdir, rows)
+    plots = write_sweep_plots(mdir / PLOTS_DIRNAME, rows)
     files = [(mdir / "sweep.json", "")] + [(mdir / name, "signoff") for name in SIGNOFF_FILES]
     files += [(path, "plots") for path in plots.values()]
     with tempfile.TemporaryDirectory(prefix="qeval-compare-") as tmp:
@@ -201,8 +203,12 @@ def track_sweep(model: str, schemes: list[str], *, experiment: str | None = None
     """
     uri = tracking_uri()
     sweep = _load_sweep(model, schemes)
-    name = experiment_name(model, experiment)
     state = sweep.setdefault("mlflow", {})
+    # Unless one is named (argument, then QEVAL_EXPERIMENT), the experiment the sweep was tracked
+    # in: a later `qeval signoff` or `qeval track` updates those runs instead of rebuilding the
+    # sweep in the default one.
+    named = experiment or os.environ.get(EXPERIMENT_ENV, "").strip()
+    name = experiment_name(model, named or state.get("experiment"))
     if state.get("experiment") not in (None, name):
         state.pop("parent_run_id", None)  # runs of another experiment are not this sweep's
     state.update(experiment=name, synced=False, log_checkpoint=bool(log_checkpoint))
