@@ -34,7 +34,9 @@ GENERATIVE_PROMPT_TOKENS = {"gsm8k": 1100}
 GENERATIVE_DOCS = {"gsm8k": 1319}
 
 # Fixed seconds of each stage (process start, imports, loads, writes) on the reference machine.
-FIXED_S = {"quantize": 2.0, "evaluate": 24.0, "benchmark": 9.0, "serve": 20.0}
+# evaluate: 14 s, refitted after the quick suite's trim (8 windows, 30 examples), when 24 s put both
+# reference CPUs' estimates 16-17 % over their measured stage sums.
+FIXED_S = {"quantize": 2.0, "evaluate": 14.0, "benchmark": 9.0, "serve": 20.0}
 # The embedded model's parameters: fixed parts measured on it grow with a model's size.
 REFERENCE_PARAMS = 134_515_008
 # The quantize stage's reload of the base and the quantized model, and their layer-by-layer errors.
