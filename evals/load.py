@@ -22,7 +22,7 @@ import math
 import os
 import time
 from collections.abc import MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -59,6 +59,8 @@ class LoadSpec:
     requests: int
     max_seconds: float
     seed: int = 0
+    api_key: str | None = None  # a Bearer token for an endpoint that needs one; never logged
+    verify_tls: bool = True  # GuideLLM's own default is False: https load would not check the server
 
 
 def _kv(**items: Any) -> str:
@@ -66,19 +68,26 @@ def _kv(**items: Any) -> str:
 
 
 def guidellm_args(spec: LoadSpec, streams: int, out_json: Path) -> list[str]:
-    """The `guidellm run` arguments of one concurrency level."""
+    """The `guidellm run` arguments of one concurrency level.
+
+    The backend goes as JSON, which GuideLLM parses as it parses key=value: a URL or model
+    name with "," or "=" in it stays one value.
+    """
     backend = dict(kind="openai_http", target=spec.base_url, model=spec.model_name,
-                   request_format=spec.request_format, timeout=max(60.0, spec.max_seconds))
-    data = dict(kind="synthetic_text", prompt_tokens=spec.prompt_tokens, prompt_tokens_stdev=spec.prompt_tokens_stdev,
+                   request_format=spec.request_format, timeout=max(60.0, spec.max_seconds), verify=spec.verify_tls)
+    if spec.api_key:
+        backend["api_key"] = spec.api_key
+    # A stdev of 0 (fixed lengths) is GuideLLM's None: it refuses 0.
+    data = dict(kind="synthetic_text", prompt_tokens=spec.prompt_tokens, prompt_tokens_stdev=spec.prompt_tokens_stdev or None,
                 prompt_tokens_min=1, prompt_tokens_max=spec.prompt_tokens + 3 * spec.prompt_tokens_stdev)
     if spec.exact_output_lengths:
-        data.update(output_tokens=spec.output_tokens, output_tokens_stdev=spec.output_tokens_stdev,
+        data.update(output_tokens=spec.output_tokens, output_tokens_stdev=spec.output_tokens_stdev or None,
                     output_tokens_min=1, output_tokens_max=spec.output_tokens + 3 * spec.output_tokens_stdev)
     else:
         # The engine rejects GuideLLM's `ignore_eos`: cap every output at the mean length instead.
         backend["max_tokens"] = spec.output_tokens
     return [
-        "run", "--backend", _kv(**backend), "--profile", "kind=concurrent",
+        "run", "--backend", json.dumps(backend), "--profile", "kind=concurrent",
         "--override", "profile.streams", str(streams),
         "--constraint", _kv(kind="max_requests", count=spec.requests),
         "--constraint", _kv(kind="max_duration", seconds=spec.max_seconds),
@@ -137,7 +146,8 @@ def run_level(spec: LoadSpec, streams: int, out_json: Path) -> dict[str, Any]:
     out_json.parent.mkdir(parents=True, exist_ok=True)
     out_json.unlink(missing_ok=True)
     args = guidellm_args(spec, streams, out_json)
-    log.info("guidellm %s", " ".join(args))
+    shown = guidellm_args(replace(spec, api_key="***"), streams, out_json) if spec.api_key else args
+    log.info("guidellm %s", " ".join(shown))
     start = time.perf_counter()
     sink = io.StringIO()
     try:
@@ -194,10 +204,14 @@ def is_over_saturated(previous: dict[str, Any], current: dict[str, Any], gain: f
     return tp1 < tp0 * (1 + gain) and lat1 > lat0
 
 
-def warm_up(base_url: str, model_name: str, request_format: str, n: int, max_tokens: int = 8) -> float:
+def warm_up(base_url: str, model_name: str, request_format: str, n: int, max_tokens: int = 8, *,
+            api_key: str | None = None, verify_tls: bool = True) -> float:
     """Send ``n`` short requests before measuring (the first ones after start pay one-time costs)."""
     start = time.perf_counter()
     with http_session(base_url) as session:  # a loopback server: no proxy
+        session.verify = verify_tls
+        if api_key:
+            session.headers["Authorization"] = f"Bearer {api_key}"
         for _ in range(n):
             body: dict[str, Any] = {"model": model_name, "max_tokens": max_tokens}
             if request_format == "/v1/completions":

@@ -252,6 +252,12 @@ def test_serve_gates_and_the_frontier_pick():
             {"scheme": "int8", "verdict": "FAIL", "usd_per_m": 0.2, "capacity": 4, "engine": "transformers",
              "failed_gates": ["ppl_max_rel_increase[wikitext2]"], "serve_note": None}]
     assert pick_line(rows).startswith("Ship gptq: the cheapest scheme that passes every gate, $0.7")
+    # Numbers the serve gates skip (here: an external endpoint's) rank nothing, however cheap.
+    rows[1]["serve_note"] = "served by endpoint; on cpu this scheme's engine is transformers"
+    assert pick_line(rows).startswith("Ship nf4: the cheapest scheme that passes every gate, $0.9")
+    rows[2]["serve_note"] = rows[1]["serve_note"]
+    assert "none has a serving cost that counts" in pick_line(rows)
+    rows[1]["serve_note"] = rows[2]["serve_note"] = None
     rows[1]["verdict"] = rows[2]["verdict"] = "FAIL"
     line = pick_line(rows)
     assert line.startswith("No scheme passes every gate") and "int8: FAIL (ppl_max_rel_increase[wikitext2])" in line

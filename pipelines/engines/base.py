@@ -25,6 +25,11 @@ class EngineLaunch:
     base_url: str | None = None  # endpoint only
     settings: dict[str, Any] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
+    # A server someone else runs: its /v1/models entry, checked against the scheme's model
+    # before any load is sent (pipelines.engines.endpoint.check_geometry).
+    served: dict[str, Any] | None = None
+    api_key: str | None = None  # sent as a Bearer token on every request; never stored
+    verify_tls: bool = True
 
 
 def cpu_threads() -> int:

@@ -64,8 +64,14 @@ class ServeConfig(Strict):
     enabled: bool = True
     engine: Engine = Field("auto", description="auto: the scheme's engine (transformers or llama.cpp) on CPU, "
                                               "vllm on CUDA")
-    endpoint: str | None = Field(None, description="engine 'endpoint': the base URL of a running server")
-    endpoint_model: str | None = Field(None, description="model name the endpoint serves (default: its first)")
+    endpoint: str | None = Field(None, description="engine 'endpoint': the base URL of a running server "
+                                                   "(http(s)://host[:port][/path]; no credentials or query)")
+    endpoint_model: str | None = Field(None, description="model name the endpoint serves (default: the one "
+                                                         "it lists; required when it lists several)")
+    api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                                    description="engine 'endpoint': the environment variable holding its API "
+                                                "key, sent as a Bearer token (the key is never stored)")
+    verify_tls: bool = Field(True, description="engine 'endpoint': verify an https:// server's certificate")
     vllm_command: str | None = Field(None, description="the `vllm` executable of vLLM's own environment "
                                                        "(default: $QEVAL_VLLM_COMMAND, else `vllm` on PATH)")
     prompt_tokens: Tokens = Field(256, ge=1)
@@ -98,7 +104,30 @@ class ServeConfig(Strict):
             raise ValueError(f"serve.levels {self.levels} must rise strictly (e.g. [1, 2, 4, 8])")
         if self.engine == "endpoint" and not self.endpoint:
             raise ValueError("serve.engine 'endpoint' needs serve.endpoint: the base URL of the running server")
+        if self.endpoint:
+            check_endpoint_url(self.endpoint)
         return self
+
+
+def check_endpoint_url(url: str) -> None:
+    """An endpoint URL that can be stored and logged as it is: it carries no secret.
+
+    A user name, password, query string or fragment would land in recipe.yaml, serve.json, the
+    MLflow params and the log, so they are refused; the key goes in serve.api_key_env.
+    """
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"serve.endpoint must be an http:// or https:// URL with a host, e.g. "
+                         f"http://10.0.0.5:8000 (got a URL with scheme {parts.scheme or 'none'!r})")
+    if parts.username or parts.password:
+        raise ValueError("serve.endpoint carries credentials (user:password@), which would be stored and logged: "
+                         "remove them, put the API key in an environment variable and name it in "
+                         "serve.api_key_env (e.g. --set serve.api_key_env=MY_ENDPOINT_KEY)")
+    if parts.query or parts.fragment:
+        raise ValueError("serve.endpoint has a query string or fragment (?… or #…), which may hold a token and "
+                         "would be stored and logged: give the base URL only, and the API key in serve.api_key_env")
 
 
 def merge_section(*layers: dict[str, Any] | None) -> dict[str, Any]:

@@ -55,14 +55,16 @@ def build(baseline, evidence: list, result: dict[str, Any], plot_dir: Path) -> d
 def pick_line(rows: list[dict[str, Any]]) -> str:
     """The cheapest scheme passing every gate, or none and why."""
     candidates = [r for r in rows if r["verdict"] == PASS]
-    priced = [r for r in candidates if r["usd_per_m"] is not None]
+    # Serving numbers the serve gates SKIP (another device or engine, an external endpoint) rank nothing.
+    priced = [r for r in candidates if r["usd_per_m"] is not None and not r["serve_note"]]
     if priced:
         best = min(priced, key=lambda r: r["usd_per_m"])
         return (f"Ship {best['scheme']}: the cheapest scheme that passes every gate, ${best['usd_per_m']:.3g} per 1M "
                 f"output tokens at capacity {best['capacity']} ({best['engine']}).")
     if candidates:
         names = ", ".join(r["scheme"] for r in candidates)
-        return f"{names} pass every gate, but none has a serving cost (not served, no price, or capacity 0)."
+        return (f"{names} pass every gate, but none has a serving cost that counts (not served, served where "
+                "the serve gates skip it, no price, or capacity 0).")
     why = "; ".join(f"{r['scheme']}: {r['verdict']} ({', '.join(r['failed_gates'][:3]) or r['serve_note'] or '-'})"
                     for r in rows if r["verdict"] != BASELINE)
     return f"No scheme passes every gate: {why or 'no scheme was judged'}."

@@ -376,7 +376,19 @@ def serving_engine_identity(ctx: StageContext) -> dict[str, Any]:
     identity: dict[str, Any] = {"name": engine, "threads": serve.threads or cpu_threads()}
     if engine == "vllm":
         identity["version"] = _vllm_version(serve.vllm_command)
+    if engine == "endpoint":  # what it serves now: numbers from before a redeploy are not reused
+        identity["served"] = _endpoint_identity(serve)
     return identity
+
+
+def _endpoint_identity(serve) -> dict[str, Any] | str:
+    from pipelines.engines import endpoint
+    from pipelines.errors import QevalError
+
+    try:
+        return endpoint.identity(endpoint.served_entry(serve))
+    except QevalError as exc:  # down, or refusing: the stage itself reports why; no cached result matches
+        return f"unknown: {exc}"
 
 
 @cache

@@ -53,7 +53,10 @@ def _serve(ctx: StageContext) -> tuple[list[Path], dict]:
     spec = engine_launch(ctx, port)
     log.info("%s/%s: serving with %s %s", ctx.model, ctx.scheme, spec.engine, spec.version)
     log_path = ctx.sdir.serve_dir / "server.log"
-    if spec.command is None:  # an endpoint someone else runs
+    if spec.command is None:  # an endpoint someone else runs: is it this scheme's model?
+        from pipelines.engines.endpoint import check_geometry
+
+        spec.settings["served_model_check"] = check_geometry(spec.served or {}, _base_config(ctx))
         measured = _drive(ctx, spec, spec.base_url, alive=lambda: True, log_path=None)
         startup_s = 0.0
     else:
@@ -77,8 +80,10 @@ def _drive(ctx: StageContext, spec: EngineLaunch, base_url: str, alive, log_path
     from evals.load import LoadError, LoadSpec, is_over_saturated, run_level, warm_up
 
     serve, slo = ctx.recipe.serve, ctx.recipe.slo
-    warmup_s = warm_up(base_url, spec.model_name, spec.request_format, serve.warmup_requests)
+    warmup_s = warm_up(base_url, spec.model_name, spec.request_format, serve.warmup_requests,
+                       api_key=spec.api_key, verify_tls=spec.verify_tls)
     load = LoadSpec(base_url=base_url, model_name=spec.model_name, tokenizer_dir=ctx.base_source,
+                    api_key=spec.api_key, verify_tls=spec.verify_tls,
                     request_format=spec.request_format, prompt_tokens=serve.prompt_tokens,
                     prompt_tokens_stdev=serve.prompt_tokens_stdev, output_tokens=serve.output_tokens,
                     output_tokens_stdev=serve.output_tokens_stdev, exact_output_lengths=spec.exact_output_lengths,
@@ -122,18 +127,22 @@ def _drive(ctx: StageContext, spec: EngineLaunch, base_url: str, alive, log_path
 
 
 def _cost(ctx: StageContext, cap: dict[str, Any]) -> dict[str, Any]:
-    from transformers import AutoConfig
-
     from evals.capacity import kv_bytes_per_token, kv_headroom, usd_per_million_tokens
 
-    hw, serve, model = ctx.recipe.hardware, ctx.recipe.serve, ctx.recipe.model
-    config = AutoConfig.from_pretrained(ctx.base_source, revision=model.revision,
-                                        trust_remote_code=model.trust_remote_code)
+    hw, serve = ctx.recipe.hardware, ctx.recipe.serve
+    config = _base_config(ctx)
     context_len = serve.context_len or serve.prompt_tokens + serve.output_tokens
     headroom = kv_headroom(hw.memory_gib, _weights_bytes(ctx.checkpoint()), hw.overhead_gib,
                            kv_bytes_per_token(config, ctx.compute_dtype), context_len)
     return {"hardware": hw.model_dump(), "usd_per_m_output_tokens":
             usd_per_million_tokens(hw.price_per_hour, cap["output_tokens_per_s_at_capacity"]), **headroom}
+
+
+def _base_config(ctx: StageContext):
+    from transformers import AutoConfig
+
+    model = ctx.recipe.model
+    return AutoConfig.from_pretrained(ctx.base_source, revision=model.revision, trust_remote_code=model.trust_remote_code)
 
 
 def _weights_bytes(checkpoint: str) -> int:
