@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_keys import SMOKE, changed, copy_data
 
 from pipelines.execution.plan import SweepOptions, plan, write_plan
 from pipelines.stages import keys
 from pipelines.stages.common import StageContext
-from tests.test_keys import SMOKE, changed, copy_data
 
 COMMIT_A, COMMIT_B = "a" * 40, "b" * 40
 

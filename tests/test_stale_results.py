@@ -10,8 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
-
-from tests.test_keys import SMOKE, TASK_YAML, copy_data
+from test_keys import SMOKE, TASK_YAML, copy_data
 
 
 @pytest.fixture
