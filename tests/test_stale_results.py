@@ -10,23 +10,18 @@ import json
 from pathlib import Path
 
 import pytest
-from test_keys import SMOKE, TASK_YAML, copy_data
+from test_keys import SMOKE, env  # noqa: F401  (env: a fixture)
 
 
 @pytest.fixture
-def planned(tmp_path, monkeypatch, data_dir, tiny_llama_dir):
+def planned(env):  # noqa: F811  (the fixture imported above)
+    """Plan the tiny Llama's baseline on test_keys' runs root, data copy and user task."""
     from pipelines.execution.plan import SweepOptions, plan, write_plan
     from pipelines.recipes import deep_merge
 
-    monkeypatch.setenv("QEVAL_RUNS_DIR", str(tmp_path / "runs"))
-    data = copy_data(data_dir, tmp_path / "data")
-    tasks = tmp_path / "tasks"
-    tasks.mkdir()
-    (tasks / "my_arc.yaml").write_text(TASK_YAML)
-
     def plan_with(task_names: list[str]) -> str:
-        opts = SweepOptions(model=str(tiny_llama_dir), schemes=["baseline"], suite="smoke", tasks=task_names,
-                            tasks_dir=str(tasks), data_dir=str(data),
+        opts = SweepOptions(model=env["model"], schemes=["baseline"], suite="smoke", tasks=task_names,
+                            tasks_dir=str(env["tasks"]), data_dir=str(env["data"]),
                             overrides=deep_merge(SMOKE, {"perplexity": {"fidelity": None}}), quiet=True)
         p = plan(opts)
         write_plan(p, opts)

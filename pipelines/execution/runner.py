@@ -169,11 +169,11 @@ def track_result(result: SweepResult, opts: SweepOptions) -> None:
     except Exception as exc:
         log.exception("%s: logging the sweep to MLflow failed", result.model)
         result.notes.append(f"MLflow error, not an outage ({type(exc).__name__}: {exc}): the sign-off stands "
-                                "and results are kept in the run directories; fix it, then run `qeval sync`")
+                            "and results are kept in the run directories; fix it, then run `qeval sync`")
         return
     if not result.tracking.get("synced", False):
         result.notes.append("MLflow was not reachable: results are kept in the run directories; "
-                                "run `qeval sync` later")
+                            "run `qeval sync` later")
 
 
 def run_sweep(opts: SweepOptions) -> SweepResult:
